@@ -1,0 +1,5 @@
+import sys
+
+from daemon115.cli import main
+
+sys.exit(main())
