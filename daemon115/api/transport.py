@@ -221,8 +221,8 @@ class Transport:
         return self._judge(response, endpoint)
 
     def _judge(self, response: requests.Response, endpoint: str) -> dict[str, Any]:
-        body = _parse_body(response, endpoint)
         try:
+            body = _parse_body(response, endpoint)
             check_envelope(body, endpoint)
         except RateLimited:
             self.breaker.trip()
