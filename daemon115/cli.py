@@ -262,11 +262,24 @@ def _task_cell(entry: Any) -> str:
     return name if entry.percent is None else f"{name} {entry.percent:.0f}%"
 
 
+def _find(ledger: Ledger, text: str) -> Any:
+    """A key, an info hash or a URL as the user typed it: a magnet in another encoding still finds its link."""
+    from daemon115.links import LinkError, parse_link
+
+    entry = ledger.find(text)
+    if entry is None:
+        try:
+            entry = ledger.find(parse_link(text).key)
+        except LinkError:
+            return None
+    return entry
+
+
 def cmd_ledger_show(ctx: Context) -> int:
     from daemon115.display import human_time
 
     with ctx.ledger() as ledger:
-        entry = ledger.find(ctx.args.key)
+        entry = _find(ledger, ctx.args.key)
         if entry is None:
             ctx.err.write(f"error: nothing in the ledger matches {ctx.args.key!r}\n")
             return EXIT_USAGE
@@ -289,7 +302,7 @@ def cmd_ledger_show(ctx: Context) -> int:
 
 def cmd_ledger_retry(ctx: Context) -> int:
     with ctx.ledger() as ledger:
-        entry = ledger.find(ctx.args.key)
+        entry = _find(ledger, ctx.args.key)
         if entry is None or not ledger.retry(entry.key):
             ctx.err.write(f"error: no failed link matches {ctx.args.key!r}\n")
             return EXIT_USAGE
@@ -299,7 +312,7 @@ def cmd_ledger_retry(ctx: Context) -> int:
 
 def cmd_ledger_forget(ctx: Context) -> int:
     with ctx.ledger() as ledger:
-        entry = ledger.find(ctx.args.key)
+        entry = _find(ledger, ctx.args.key)
         if entry is None or not ledger.forget(entry.key):
             ctx.err.write(f"error: nothing in the ledger matches {ctx.args.key!r}\n")
             return EXIT_USAGE

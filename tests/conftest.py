@@ -25,3 +25,22 @@ def token_file(sandbox: Sandbox, tmp_path: Path) -> Path:
     path = tmp_path / "token.json"
     sandbox.write_token_file(path)
     return path
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Every test that ran a sandbox fails if any token it issued shows up in what the test printed or logged.
+
+    The check covers captured stdout/stderr, log records and the failure text (exception messages), so a token
+    leaking through any output path of daemon115 fails the suite, whichever test it happens in.
+    """
+    outcome = yield
+    report = outcome.get_result()
+    running = getattr(item, "funcargs", {}).get("sandbox")
+    if report.when != "call" or not isinstance(running, Sandbox):
+        return
+    text = "\n".join([report.capstdout, report.capstderr, report.caplog, report.longreprtext])
+    leaked = [token[:6] + "…" for token in running.stats()["issued_tokens"] if token in text]
+    if leaked:
+        report.outcome = "failed"
+        report.longrepr = f"token values leaked into the test's output: {leaked}"
