@@ -41,19 +41,9 @@ class Context:
         return self._config
 
     def connect(self) -> Connection:
-        from daemon115 import __version__
-        from daemon115.api.client import Endpoints, connect
-        from daemon115.api.transport import Pacing
+        from daemon115.wiring import connection_for
 
-        api = self.config.api
-        return connect(
-            token_file=self.config.auth.token_file,
-            endpoints=Endpoints(api.base_url, api.passport_url, api.qrcode_url),
-            pacing=Pacing(timeout=api.timeout, min_interval=api.min_interval, max_retries=api.max_retries),
-            daily_call_budget=api.daily_call_budget,
-            refresh_ahead=self.config.auth.refresh_ahead,
-            user_agent=f"daemon115/{__version__}",
-        )
+        return connection_for(self.config)
 
     def ledger(self) -> Ledger:
         from daemon115.ledger import Ledger
@@ -61,13 +51,11 @@ class Context:
         return Ledger(self.config.ledger.path)
 
     def submitter(self, ledger: Ledger) -> Submitter:
-        from daemon115.submitter import SubmitPolicy, Submitter
+        from daemon115.wiring import submit_policy
+        from daemon115.submitter import Submitter
 
-        submit = self.config.submit
-        policy = SubmitPolicy(batch_size=submit.batch_size, batch_window=submit.batch_window,
-                              max_attempts=submit.max_attempts)
         lock = Path(str(self.config.ledger.path) + ".submit")
-        return Submitter(ledger, self.connect().client, lock, policy)
+        return Submitter(ledger, self.connect().client, lock, submit_policy(self.config))
 
     def print(self, *parts: object) -> None:
         print(*parts, file=self.out)
@@ -231,9 +219,37 @@ def _shorten(text: str, width: int = 80) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def cmd_run(ctx: Context) -> int:
+    from daemon115 import daemon
+
+    return daemon.run(Path(ctx.args.config) if ctx.args.config else None)
+
+
 def cmd_once(ctx: Context) -> int:
+    """Every source once, then everything queued at once; exit 1 if a feed or 115 could not be reached."""
+    cfg = ctx.config
+    code = EXIT_OK
     with ctx.ledger() as ledger:
-        return _drain_and_report(ctx, ctx.submitter(ledger))
+        if cfg.watch:
+            from daemon115.sources.watch import WatchSource
+
+            outcomes = WatchSource(cfg.watch, ledger).scan()
+            counts = {a: sum(1 for o in outcomes if o.action == a) for a in ("queued", "duplicate", "failed", "retry")}
+            ctx.print("watch folders: " + ", ".join(f"{n} {a}" for a, n in counts.items()))
+        if cfg.feeds:
+            from daemon115.sources.feeds import FeedPoller
+
+            poller = FeedPoller(cfg.feeds, ledger)
+            try:
+                results = poller.poll_all(force=True)
+            finally:
+                poller.close()
+            for result in results:
+                ctx.print(f"feed {result.feed}: {result.status}, {result.queued} queued, {result.duplicates} known"
+                          + (f" ({result.error})" if result.error else ""))
+                if result.status == "error":
+                    code = EXIT_FAILED
+        return max(code, _drain_and_report(ctx, ctx.submitter(ledger)))
 
 
 def cmd_ledger_list(ctx: Context) -> int:
@@ -369,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("urls", nargs="+", metavar="URL", help="magnet, ed2k, http(s) or ftp links")
     p.add_argument("--target", metavar="ID", help="115 folder id (default: submit.default_target)")
     p.add_argument("--force", action="store_true", help="ignore the ledger's dedup")
+    command("run", cmd_run, "the long-running daemon, in the foreground, until SIGTERM or SIGINT")
     command("once", cmd_once, "one full pass: read every source, submit everything queued, exit")
 
     ledger = sub.add_parser("ledger", help="what the ledger holds").add_subparsers(

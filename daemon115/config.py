@@ -104,6 +104,7 @@ class SubmitConfig:
     default_target: str = "0"
     max_attempts: int = 10
     create_folders: bool = True
+    quota_check_every: float = 300.0  # while paused for quota or space, how often to ask 115 again
 
 
 @dataclass(frozen=True)
@@ -605,7 +606,8 @@ def _submit(f: _Fields) -> SubmitConfig:
     return SubmitConfig(
         batch_size=f.get("batch_size", _integer(1, MAX_BATCH, " (115 accepts at most 115 links per call)")),
         batch_window=f.get("batch_window", _duration()), default_target=f.get("default_target", parse_target),
-        max_attempts=f.get("max_attempts", _integer(1)), create_folders=f.get("create_folders", _bool))
+        max_attempts=f.get("max_attempts", _integer(1)), create_folders=f.get("create_folders", _bool),
+        quota_check_every=f.get("quota_check_every", _duration(1.0)))
 
 
 def _watch_folder(f: _Fields, default_target: str, to_path: Callable[[Any], Path]) -> WatchFolder:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon115.api.auth import TokenStore
+from daemon115.api.auth import Tokens, TokenStore
 from daemon115.api.errors import Api115Error, Kind
 from daemon115.api.models import AddResult, Grant, Quota, Task, TaskPage, UserInfo, as_int, as_list, as_object, as_str
 from daemon115.api.transport import CallBudget, CircuitBreaker, Pacing, Transport
@@ -162,10 +162,12 @@ class Connection:
 
 def connect(*, token_file: Path, endpoints: Endpoints = Endpoints(), pacing: Pacing = Pacing(),
             daily_call_budget: int | None = None, refresh_ahead: float = 600.0,
-            clock: Callable[[], float] = time.time, user_agent: str = "daemon115") -> Connection:
+            clock: Callable[[], float] = time.time, user_agent: str = "daemon115",
+            on_refresh: Callable[[Tokens], None] | None = None) -> Connection:
     """Wire transport, passport, token store and client for one account."""
     transport = Transport(pacing, budget=CallBudget(daily_call_budget), breaker=CircuitBreaker(),
                           user_agent=user_agent)
     passport = Passport(transport, endpoints)
-    tokens = TokenStore(token_file, passport.refresh, refresh_ahead=refresh_ahead, clock=clock)
+    tokens = TokenStore(token_file, passport.refresh, refresh_ahead=refresh_ahead, clock=clock,
+                        on_refresh=on_refresh)
     return Connection(Client(transport, tokens, endpoints), passport, transport)
