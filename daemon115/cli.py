@@ -40,10 +40,10 @@ class Context:
             self._config = config.load(path, must_exist=path is not None)
         return self._config
 
-    def connect(self) -> Connection:
+    def connect(self, *, quick: bool = False) -> Connection:
         from daemon115.wiring import connection_for
 
-        return connection_for(self.config)
+        return connection_for(self.config, quick=quick)
 
     def ledger(self) -> Ledger:
         from daemon115.ledger import Ledger
@@ -336,6 +336,24 @@ def cmd_ledger_forget(ctx: Context) -> int:
     return EXIT_OK
 
 
+def cmd_status(ctx: Context) -> int:
+    from daemon115 import status
+    from daemon115.api.errors import Api115Error
+
+    quota, problem = None, None
+    try:
+        quota = ctx.connect(quick=True).client.quota()
+    except Api115Error as exc:
+        problem = str(exc)
+    with ctx.ledger() as ledger:
+        doc = status.collect(ctx.config, ledger, quota, problem)
+    if ctx.args.json:
+        ctx.print_json(doc)
+    else:
+        ctx.print(status.render(doc))
+    return EXIT_OK
+
+
 def cmd_sandbox(ctx: Context) -> int:
     from daemon115.api import sandbox
 
@@ -386,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="ID", help="115 folder id (default: submit.default_target)")
     p.add_argument("--force", action="store_true", help="ignore the ledger's dedup")
     command("run", cmd_run, "the long-running daemon, in the foreground, until SIGTERM or SIGINT")
+    command("status", cmd_status, "queue, feeds, token, quota and the daemon's state", json_flag=True)
     command("once", cmd_once, "one full pass: read every source, submit everything queued, exit")
 
     ledger = sub.add_parser("ledger", help="what the ledger holds").add_subparsers(

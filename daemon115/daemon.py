@@ -24,13 +24,13 @@ from daemon115.ledger import Ledger
 from daemon115.logs import Redactor, configure, get_logger
 from daemon115.scheduler import Scheduler
 from daemon115.sdnotify import Notifier
+from daemon115.status import STATUS_META
 from daemon115.sources.watch import WatchSource
 from daemon115.submitter import Submitter
 from daemon115.wiring import connection_for, submit_policy
 
 STOP_GRACE = 8.0  # systemd and interface.md want exit within 10 s of SIGTERM
 AUTH_NAG_EVERY = 3600.0
-STATUS_META = "daemon.status"
 
 
 def file_signature(path: Path) -> tuple[int, int, int] | None:
@@ -77,6 +77,12 @@ class SubmitLoop:
         self._make = make_submitter
         self._submitter = make_submitter()
         self.wake()
+
+    def breaker(self) -> dict[str, object]:
+        """The account-wide circuit breaker, for `status` (it lives in this process's transport)."""
+        snap = self._submitter.cloud.transport.breaker.snapshot()  # type: ignore[attr-defined]
+        return {"state": snap.state, "open_until": snap.open_until or None, "cool_off": snap.cool_off,
+                "trips": snap.trips}
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -146,6 +152,8 @@ class Daemon:
         self.watch = WatchSource(cfg.watch, self.ledger, on_queued=self.submit.wake, log=self.log)
         self.feeds = _feed_source(cfg, self.ledger, self.log, self.submit.wake)
         self._threads: list[threading.Thread] = []
+        self.started = time.time()
+        self._published: dict[str, object] = {}
 
     def _submitter_factory(self, cfg: Config) -> Callable[[], Submitter]:
         def make() -> Submitter:
@@ -173,19 +181,18 @@ class Daemon:
         return 0
 
     def _main_loop(self) -> None:
-        beat = self.notifier.watchdog_interval or 30.0
         next_status = 0.0
         while not self.stop_event.is_set():
             if self.reload_event.is_set():
                 self.reload_event.clear()
                 self.reload()
             now = time.monotonic()
-            if now >= next_status:
+            if now >= next_status or self._status_changed():
                 self._publish_status()
-                next_status = now + 10.0
+                next_status = now + 20.0
             if self.notifier.watchdog_interval:
                 self.notifier.watchdog()
-            self.stop_event.wait(min(beat, 1.0))
+            self.stop_event.wait(1.0)
 
     def _shutdown(self) -> None:
         self.notifier.stopping()
@@ -267,11 +274,18 @@ class Daemon:
             parts.append(f"paused: {state.paused}")
         return ", ".join(parts)
 
-    def _publish_status(self) -> None:
+    def _status_doc(self) -> dict[str, object]:
         state = self.submit.state
-        doc = {"pid": os.getpid(), "updated": time.time(), "last_submit": state.last_submit,
-               "submitted_since_start": state.submitted, "auth_needed": state.auth_needed,
-               "paused": state.paused, "last_error": state.last_error}
+        return {"pid": os.getpid(), "started": self.started, "last_submit": state.last_submit,
+                "submitted_since_start": state.submitted, "auth_needed": state.auth_needed, "paused": state.paused,
+                "last_error": state.last_error, "breaker": self.submit.breaker()}
+
+    def _status_changed(self) -> bool:
+        return self._status_doc() != self._published
+
+    def _publish_status(self) -> None:
+        self._published = self._status_doc()
+        doc = {**self._published, "updated": time.time()}
         try:
             self.ledger.meta_set(STATUS_META, json.dumps(doc))
         except Exception as exc:  # noqa: BLE001 - status is best effort; the ledger may be busy

@@ -12,13 +12,16 @@ if TYPE_CHECKING:
 from daemon115.submitter import SubmitPolicy
 
 
-def connection_for(cfg: Config, redactor: Redactor | None = None) -> Connection:
+def connection_for(cfg: Config, redactor: Redactor | None = None, *, quick: bool = False) -> Connection:
+    """``quick``: one short try, for status displays that must not hang when 115 is away."""
     from daemon115 import __version__
 
     api = cfg.api
+    pacing = Pacing(timeout=min(api.timeout, 5.0) if quick else api.timeout, min_interval=api.min_interval,
+                    max_retries=0 if quick else api.max_retries)
     conn = connect(token_file=cfg.auth.token_file,
                    endpoints=Endpoints(api.base_url, api.passport_url, api.qrcode_url),
-                   pacing=Pacing(timeout=api.timeout, min_interval=api.min_interval, max_retries=api.max_retries),
+                   pacing=pacing,
                    daily_call_budget=api.daily_call_budget, refresh_ahead=cfg.auth.refresh_ahead,
                    user_agent=f"daemon115/{__version__}",
                    on_refresh=(lambda t: redactor.remember(t.access_token, t.refresh_token)) if redactor else None)

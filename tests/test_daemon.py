@@ -204,3 +204,30 @@ def _peek(run: Run) -> list[dict]:
     if chunk:
         run.lines.extend(chunk.splitlines())
     return run.events()
+
+
+def test_status_reports_the_running_daemon_queue_token_and_quota(sandbox, tmp_path, running):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    config = write_config(tmp_path / "c.yaml", sandbox, tmp_path, [drop])
+
+    def status() -> dict:
+        result = subprocess.run([sys.executable, "-m", "daemon115", "-c", str(config), "status", "--json"],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    assert status()["daemon"]["running"] is False
+    run = running(config)
+    (drop / "a.magnet").write_text(f"magnet:?xt=urn:btih:{HEX}\n")
+    wait_for(lambda: accepted(sandbox).get(HEX), what="the drop")
+    doc = wait_for(lambda: (d := status())["daemon"]["running"] and d["daemon"].get("last_submit") and d,
+                   what="a status with the submission")
+    assert doc["queue"]["submitted"] == 1 and doc["breaker"]["state"] == "closed"
+    assert doc["token"]["present"] and doc["token"]["problem"] is None and doc["quota"]["surplus"] > 0
+    token = read_tokens(tmp_path / "token.json")
+    text = subprocess.run([sys.executable, "-m", "daemon115", "-c", str(config), "status"], capture_output=True,
+                          text=True, timeout=30).stdout
+    assert "1 submitted" in text and "running" in text
+    assert token.access_token not in text and token.access_token not in json.dumps(doc)
+    assert run.stop() == 0
