@@ -317,22 +317,23 @@ def cmd_ledger_show(ctx: Context) -> int:
 
 
 def cmd_ledger_retry(ctx: Context) -> int:
-    with ctx.ledger() as ledger:
-        entry = _find(ledger, ctx.args.key)
-        if entry is None or not ledger.retry(entry.key):
-            ctx.err.write(f"error: no failed link matches {ctx.args.key!r}\n")
-            return EXIT_USAGE
-    ctx.print(f"queued again: {entry.key}")
-    return EXIT_OK
+    return _change_entry(ctx, lambda ledger, key: ledger.retry(key), "queued again: {key}",
+                         "no failed link matches {arg!r}")
 
 
 def cmd_ledger_forget(ctx: Context) -> int:
+    return _change_entry(ctx, lambda ledger, key: ledger.forget(key),
+                         "forgotten: {key} (it will be grabbed again if a source brings it)",
+                         "nothing in the ledger matches {arg!r}")
+
+
+def _change_entry(ctx: Context, change: Callable[[Ledger, str], bool], done: str, missing: str) -> int:
     with ctx.ledger() as ledger:
         entry = _find(ledger, ctx.args.key)
-        if entry is None or not ledger.forget(entry.key):
-            ctx.err.write(f"error: nothing in the ledger matches {ctx.args.key!r}\n")
+        if entry is None or not change(ledger, entry.key):
+            ctx.err.write("error: " + missing.format(arg=ctx.args.key) + "\n")
             return EXIT_USAGE
-    ctx.print(f"forgotten: {entry.key} (it will be grabbed again if a source brings it)")
+    ctx.print(done.format(key=entry.key))
     return EXIT_OK
 
 
@@ -456,6 +457,14 @@ def run_command(ctx: Context) -> int:
         if isinstance(exc, Api115Error):
             ctx.err.write(f"error: {exc}\n")
             return exit_code_for(exc)
+        from daemon115.ledger import InvalidTransition, LedgerError
+
+        if isinstance(exc, InvalidTransition):
+            ctx.err.write(f"error: {exc}\n")
+            return EXIT_USAGE
+        if isinstance(exc, LedgerError):
+            ctx.err.write(f"error: {exc}; nothing was lost, try again\n")
+            return EXIT_FAILED
         if isinstance(exc, OSError):
             ctx.err.write(f"error: {exc.strerror or exc}: {exc.filename or ''}\n")
             return EXIT_FAILED
