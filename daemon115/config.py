@@ -36,6 +36,7 @@ CLEAR_FLAGS: Mapping[str, int] = MappingProxyType(
 TASK_STATUSES: Mapping[str, int] = MappingProxyType({"failed": -1, "queued": 0, "downloading": 1, "completed": 2})
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("auto", "console", "json")
+NOTIFY_EVENTS = ("submitted", "completed", "failed", "authorization_needed")
 
 
 # --- values ------------------------------------------------------------------------------------------------------
@@ -210,6 +211,42 @@ class StatusConfig:
         return _split_listen(self.listen)[1] if self.listen else None
 
 
+@dataclass(frozen=True, kw_only=True)
+class NotifyConfig:
+    """What every notifier takes; each kind below adds where to send. Its secrets are kept out of repr."""
+
+    events: tuple[str, ...] = NOTIFY_EVENTS
+    max_per_hour: int = 30
+    timeout: float = 10.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookNotify(NotifyConfig):
+    type: str = field(default="webhook", init=False)
+    url: str = field(repr=False)  # hook URLs often carry their own secret
+    headers: Mapping[str, str] = field(default_factory=_no_map, repr=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TelegramNotify(NotifyConfig):
+    type: str = field(default="telegram", init=False)
+    bot_token: str = field(repr=False)
+    chat_id: str
+    api_url: str = "https://api.telegram.org"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BarkNotify(NotifyConfig):
+    type: str = field(default="bark", init=False)
+    server: str = "https://api.day.app"
+    device_key: str = field(repr=False)
+
+
+NotifyTarget = WebhookNotify | TelegramNotify | BarkNotify
+NOTIFY_TYPES: Mapping[str, type[NotifyTarget]] = MappingProxyType(
+    {"webhook": WebhookNotify, "telegram": TelegramNotify, "bark": BarkNotify})
+
+
 @dataclass(frozen=True)
 class Config:
     api: ApiConfig = ApiConfig()
@@ -222,6 +259,7 @@ class Config:
     cleanup: tuple[CleanupPolicy, ...] = ()
     logging: LoggingConfig = LoggingConfig()
     status: StatusConfig = StatusConfig()
+    notify: tuple[NotifyTarget, ...] = ()
     source: str = ""  # the file it came from; "" when no file was found and these are the built-in defaults
 
 
@@ -446,6 +484,41 @@ def _header_value(value: Any) -> str:
     if re.search(r"[\r\n]", str(value)):
         raise ValueError("the value must not contain a line break")
     return str(value)
+
+
+def _events(value: Any) -> tuple[str, ...]:
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list):
+        raise ValueError(f"expected a list of events ({', '.join(NOTIFY_EVENTS)}), got {_show(value)}")
+    if not names:
+        raise ValueError(f"must name at least one event ({', '.join(NOTIFY_EVENTS)}); to turn a notifier off, "
+                         "remove it")
+    for name in names:
+        if name is not _BAD and (not isinstance(name, str) or name not in NOTIFY_EVENTS):
+            raise ValueError(f"unknown event {_show(name)} (expected any of {', '.join(NOTIFY_EVENTS)})")
+    return tuple(dict.fromkeys(n for n in names if n is not _BAD))
+
+
+def _bot_token(value: Any) -> str:
+    """Never echoed; the shape check catches a pasted "bot" prefix or a truncated token."""
+    if not isinstance(value, str) or not re.fullmatch(r"[0-9]+:[A-Za-z0-9_-]+", value.strip()):
+        raise ValueError("expected the bot token @BotFather gave (digits, a colon, then letters, digits, - or _)")
+    return value.strip()
+
+
+def _chat_id(value: Any) -> str:
+    text = str(value) if _is_number(value) and isinstance(value, int) else value
+    if not isinstance(text, str) or not re.fullmatch(r"-?[0-9]+|@[A-Za-z0-9_]{4,}", text.strip()):
+        raise ValueError(f'expected a chat id like "123456" or "-100123456", or a channel like "@name", '
+                         f"got {_show(value)}")
+    return text.strip()
+
+
+def _device_key(value: Any) -> str:
+    """Never echoed; it becomes a URL path segment, so it must be one."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9_-]+", value.strip()):
+        raise ValueError("expected the device key shown in the Bark app (letters, digits, - or _)")
+    return value.strip()
 
 
 def _subfolder(value: Any) -> str:
@@ -677,6 +750,54 @@ def _policy(f: _Fields) -> CleanupPolicy:
     return policy
 
 
+def _notify_common(f: _Fields) -> dict[str, Any]:
+    return {"events": f.get("events", _events), "max_per_hour": f.get("max_per_hour", _integer(1)),
+            "timeout": f.get("timeout", _duration(positive=True))}
+
+
+def _notify_target(f: _Fields, kind: str) -> NotifyTarget:
+    common = _notify_common(f)
+    if kind == "webhook":
+        return WebhookNotify(url=f.get("url", _url), headers=f.mapping("headers", _header_name, _header_value),
+                             **common)
+    if kind == "telegram":
+        return TelegramNotify(bot_token=f.get("bot_token", _bot_token), chat_id=f.get("chat_id", _chat_id),
+                              api_url=f.get("api_url", _api_url), **common)
+    return BarkNotify(server=f.get("server", _api_url), device_key=f.get("device_key", _device_key), **common)
+
+
+def _notify_kind(item: Any, path: str, problems: list[Problem]) -> str | None:
+    """The ``type:`` of one entry, which decides what its other keys may be; None after reporting why not."""
+    kind = item.get("type") if isinstance(item, dict) else None
+    expected = f"one of {', '.join(NOTIFY_TYPES)}"
+    if not isinstance(item, dict):
+        if item is not _BAD:
+            problems.append(Problem(path, f"expected a mapping of keys, got {_kind(item)}"))
+    elif "type" not in item:
+        problems.append(Problem(_join(path, "type"), f"required key is missing ({expected})"))
+    elif kind is not _BAD and (not isinstance(kind, str) or kind not in NOTIFY_TYPES):
+        problems.append(Problem(_join(path, "type"), f"unknown notifier type {_show(kind)} (expected {expected})"))
+    else:
+        return kind if kind is not _BAD else None
+    return None
+
+
+def _notify(f: _Fields) -> tuple[NotifyTarget, ...]:
+    raw = f.data.get("notify")
+    if raw is None or raw is _BAD:
+        return ()
+    if not isinstance(raw, list):
+        f.problem("notify", f"expected a list of notifiers, got {_kind(raw)}")
+        return ()
+    targets = []
+    for i, item in enumerate(raw):
+        path = f"{f.at('notify')}[{i}]"
+        kind = _notify_kind(item, path, f.problems)
+        if kind is not None:
+            targets.append(_notify_target(_Fields(item, path, f.problems, NOTIFY_TYPES[kind]), kind))
+    return tuple(targets)
+
+
 def _config(data: Any, problems: list[Problem], to_path: Callable[[Any], Path], source: str) -> Config:
     f = _Fields(data, "", problems, Config)
     submit = _submit(f.sub("submit", SubmitConfig))
@@ -695,7 +816,8 @@ def _config(data: Any, problems: list[Problem], to_path: Callable[[Any], Path], 
                                   reconcile.get("active_every", _duration(positive=True))),
         cleanup=tuple(p for _, p in cleanup),
         logging=LoggingConfig(logging.get("level", _choice(LOG_LEVELS)), logging.get("format", _choice(LOG_FORMATS))),
-        status=StatusConfig(f.sub("status", StatusConfig).get("listen", _optional(_listen))), source=source)
+        status=StatusConfig(f.sub("status", StatusConfig).get("listen", _optional(_listen))), notify=_notify(f),
+        source=source)
 
 
 # --- ${VAR} expansion and document order --------------------------------------------------------------------------

@@ -152,7 +152,8 @@ class Submitter:
         if result.ok:
             self.ledger.mark_submitted(entry.key, info_hash=result.info_hash, answer=answer, batch_id=batch_id)
             report.submitted += 1
-            self._emit("link_submitted", key=entry.key, target=entry.target, info_hash=result.info_hash)
+            self._emit("link_submitted", key=entry.key, name=entry.name, target=entry.target,
+                       info_hash=result.info_hash)
         elif result.already_exists:
             info_hash = entry.info_hash or self._find_info_hash(entry)
             self.ledger.mark_submitted(entry.key, info_hash=info_hash, answer={**answer, "already_exists": True},
@@ -169,7 +170,7 @@ class Submitter:
             reason = _describe(result.code, result.message)
             self.ledger.mark_failed(entry.key, reason=reason, answer=answer)
             report.failed += 1
-            self._emit("link_failed", key=entry.key, code=result.code, reason=reason)
+            self._emit("link_failed", key=entry.key, name=entry.name, code=result.code, reason=reason)
 
     def _whole_call_failed(self, batch: Batch, exc: Api115Error, report: DrainReport) -> bool:
         report.errors.append(str(exc))

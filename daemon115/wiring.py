@@ -5,6 +5,7 @@ from __future__ import annotations
 from daemon115.api.client import Connection, Endpoints, connect
 from daemon115.api.transport import Pacing
 from daemon115.config import Config
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -12,7 +13,8 @@ if TYPE_CHECKING:
 from daemon115.submitter import SubmitPolicy
 
 
-def connection_for(cfg: Config, redactor: Redactor | None = None, *, quick: bool = False) -> Connection:
+def connection_for(cfg: Config, redactor: Redactor | None = None, *, quick: bool = False,
+                   observer: Callable[[str, int | None, bool], None] | None = None) -> Connection:
     """``quick``: one short try, for status displays that must not hang when 115 is away."""
     from daemon115 import __version__
 
@@ -24,7 +26,8 @@ def connection_for(cfg: Config, redactor: Redactor | None = None, *, quick: bool
                    pacing=pacing,
                    daily_call_budget=api.daily_call_budget, refresh_ahead=cfg.auth.refresh_ahead,
                    user_agent=f"daemon115/{__version__}",
-                   on_refresh=(lambda t: redactor.remember(t.access_token, t.refresh_token)) if redactor else None)
+                   on_refresh=(lambda t: redactor.remember(t.access_token, t.refresh_token)) if redactor else None,
+                   observer=observer)
     return conn
 
 

@@ -145,8 +145,10 @@ class Transport:
 
     def __init__(self, pacing: Pacing = Pacing(), *, budget: CallBudget | None = None,
                  breaker: CircuitBreaker | None = None, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep, user_agent: str = "daemon115") -> None:
+                 sleep: Callable[[float], None] = time.sleep, user_agent: str = "daemon115",
+                 observer: Callable[[str, int | None, bool], None] | None = None) -> None:
         self.pacing = pacing
+        self._observer = observer  # metrics: (endpoint, code or None when no answer came, ok)
         self.budget = budget or CallBudget(None)
         self.breaker = breaker or CircuitBreaker()
         self._clock = clock
@@ -193,6 +195,18 @@ class Transport:
             self._last_call = self._clock()
 
     def _once(self, method: str, url: str, endpoint: str, headers: Mapping[str, str] | None,
+              params: Mapping[str, Any] | None, data: Mapping[str, Any] | None, idempotent: bool) -> dict[str, Any]:
+        if self._observer is None:
+            return self._send(method, url, endpoint, headers, params, data, idempotent)
+        try:
+            body = self._send(method, url, endpoint, headers, params, data, idempotent)
+        except Api115Error as exc:
+            self._observer(endpoint, exc.code, False)
+            raise
+        self._observer(endpoint, 0, True)
+        return body
+
+    def _send(self, method: str, url: str, endpoint: str, headers: Mapping[str, str] | None,
               params: Mapping[str, Any] | None, data: Mapping[str, Any] | None, idempotent: bool) -> dict[str, Any]:
         self.budget.take(endpoint)
         self.breaker.before_call(endpoint)
