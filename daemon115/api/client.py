@@ -12,15 +12,34 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from daemon115.api.auth import Tokens, TokenStore
-from daemon115.api.errors import Api115Error, Kind
-from daemon115.api.models import AddResult, Grant, Quota, Task, TaskPage, UserInfo, as_int, as_list, as_object, as_str
-from daemon115.api.transport import CallBudget, CircuitBreaker, Pacing, Transport
+from daemon115.api.errors import Api115Error, Kind, TransientError, error_from_response, parse_code
+from daemon115.api.models import (
+    AddResult,
+    Grant,
+    Quota,
+    Task,
+    TaskPage,
+    UserInfo,
+    as_id,
+    as_int,
+    as_list,
+    as_object,
+    as_str,
+)
+from daemon115.api.transport import CallBudget, CircuitBreaker, Pacing, Transport, is_success
 
 MAX_URLS_PER_CALL = 115
 SUPERSEDED = 40140126
 #: whole-call codes that, with no per-URL data, describe the single URL of the call (api-notes.md §2.6)
 PER_URL_CODES = frozenset({10008, 10004})
+NOT_FOUND = 430004
+MAX_FOLDER_NAME = 255
+STATUS_PATH = "/get/status/"
+# QR login states (api-notes.md §2.2); 0 also stands for "nothing yet" and for a poll that timed out
+QR_WAITING, QR_SCANNED, QR_CONFIRMED, QR_EXPIRED, QR_CANCELLED = 0, 1, 2, -1, -2
 
 
 @dataclass(frozen=True)
@@ -30,17 +49,106 @@ class Endpoints:
     qrcode_url: str = "https://qrcodeapi.115.com"
 
 
+@dataclass(frozen=True)
+class DeviceCode:
+    """authDeviceCode's answer: ``qrcode`` is what the QR image encodes; uid/time/sign identify the login."""
+
+    uid: str
+    time: int
+    qrcode: str
+    sign: str
+
+
+@dataclass(frozen=True)
+class QrStatus:
+    status: int  # QR_WAITING, QR_SCANNED, QR_CONFIRMED, QR_EXPIRED or QR_CANCELLED
+    message: str
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    file_id: str
+    name: str
+    is_folder: bool
+    ancestors: tuple[tuple[str, str], ...]  # (file_id, file_name) from the root down
+
+    @classmethod
+    def from_api(cls, data: object) -> FolderInfo | None:
+        """None for the empty ``data`` that means not found; a one-element array is unwrapped (api-notes §2.9)."""
+        d = as_object(data)
+        file_id = as_id(d.get("file_id"))
+        if not file_id:
+            return None
+        ancestors = tuple((as_id(a.get("file_id")), as_str(a.get("file_name")))
+                          for a in as_list(d.get("paths")) if isinstance(a, Mapping))
+        return cls(file_id, as_str(d.get("file_name")), as_str(d.get("file_category")).strip() in ("", "0"),
+                   ancestors)
+
+
 class Passport:
     """passportapi calls: they carry no Authorization header and answer ``state`` as 1/0."""
 
     def __init__(self, transport: Transport, endpoints: Endpoints) -> None:
         self._transport = transport
         self._url = endpoints.passport_url
+        self._qrcode_url = endpoints.qrcode_url
 
     def refresh(self, refresh_token: str) -> Grant:
         body = self._transport.request("POST", self._url + "/open/refreshToken", "/open/refreshToken",
                                        data={"refresh_token": refresh_token}, idempotent=True)
         return grant_from(body.get("data"), "/open/refreshToken")
+
+    def device_code(self, client_id: str, challenge: str) -> DeviceCode:
+        """Start a QR login; ``challenge`` is base64url(sha256(verifier)), so the method is always sha256."""
+        endpoint = "/open/authDeviceCode"
+        body = self._transport.request("POST", self._url + endpoint, endpoint, idempotent=True, data={
+            "client_id": client_id, "code_challenge": challenge, "code_challenge_method": "sha256"})
+        d = as_object(body.get("data"))
+        code = DeviceCode(as_str(d.get("uid")), as_int(d.get("time")), as_str(d.get("qrcode")), as_str(d.get("sign")))
+        if not code.uid or not code.qrcode or not code.sign:
+            raise Api115Error(None, "115 reported success but sent no QR code (uid, qrcode, sign)", endpoint)
+        return code
+
+    def poll_status(self, uid: str, time: int, sign: str, timeout: float) -> QrStatus:
+        """One long poll of the QR login; a poll that times out is QR_WAITING, not an error.
+
+        It bypasses the Transport: the poll needs its own timeout, and its ``state: 0`` with no code means "expired",
+        which the Transport would read as risk control and pause every call of the account for.
+        """
+        try:
+            response = requests.get(self._qrcode_url + STATUS_PATH, params={"uid": uid, "time": time, "sign": sign},
+                                    timeout=timeout)
+        except requests.Timeout:
+            return QrStatus(QR_WAITING, "")
+        except requests.RequestException as exc:
+            raise TransientError(None, f"request failed: {type(exc).__name__}", STATUS_PATH) from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise TransientError(None, f"HTTP {response.status_code} with a body that is not a JSON object",
+                                 STATUS_PATH)
+        return qr_status_from(body)
+
+    def device_token(self, uid: str, verifier: str) -> Grant:
+        """Exchange a confirmed login for tokens; a login is exchanged once, so a lost answer is not resent."""
+        endpoint = "/open/deviceCodeToToken"
+        body = self._transport.request("POST", self._url + endpoint, endpoint,
+                                       data={"uid": uid, "code_verifier": verifier}, idempotent=False)
+        return grant_from(body.get("data"), endpoint)
+
+
+def qr_status_from(body: Mapping[str, Any]) -> QrStatus:
+    """``state`` 0 with a code is an error (a bad sign); without one the QR is invalid or expired (api-notes §2.2)."""
+    message = as_str(body.get("message") or body.get("error"))
+    if not is_success(body):
+        code = parse_code(body.get("code")) or parse_code(body.get("errno"))
+        if code:
+            raise error_from_response(code, message, STATUS_PATH)
+        return QrStatus(QR_EXPIRED, message)
+    d = as_object(body.get("data"))
+    return QrStatus(as_int(d.get("status"), QR_WAITING), as_str(d.get("msg")))
 
 
 def grant_from(data: object, endpoint: str) -> Grant:
@@ -108,6 +216,35 @@ class Client:
             raise ValueError(f"clear_task flag must be 0..5, got {flag}")
         self._call("POST", "/open/offline/clear_task", data={"flag": flag})
 
+    # --- folders -------------------------------------------------------------------------------------------------
+    def folder_info(self, path: str | None = None, file_id: str | None = None) -> FolderInfo | None:
+        """The folder at ``path`` ("/a/b") or with ``file_id``; None when 115 says it does not exist, in either of
+        the two observed forms (``data: []`` or 430004, api-notes §2.9)."""
+        if (path is None) == (file_id is None):
+            raise ValueError("folder_info takes exactly one of path and file_id")
+        params = {"path": path} if path is not None else {"file_id": file_id}
+        try:
+            data = self._call("GET", "/open/folder/get_info", params=params)
+        except Api115Error as exc:
+            if exc.code == NOT_FOUND:
+                return None
+            raise
+        return FolderInfo.from_api(data)
+
+    def add_folder(self, parent_id: str, name: str) -> str:
+        """Create folder ``name`` in ``parent_id``; returns its id. An existing name raises Api115Error 20004.
+
+        Marked idempotent although it creates: a resend after a lost answer can only meet 20004, never make a
+        second folder, and callers treat 20004 as "look it up".
+        """
+        if not name or len(name) > MAX_FOLDER_NAME or "/" in name:
+            raise ValueError(f"folder name must be 1 to {MAX_FOLDER_NAME} characters without '/', got {name!r}")
+        data = self._call("POST", "/open/folder/add", data={"pid": parent_id, "file_name": name})
+        file_id = as_id(as_object(data).get("file_id"))
+        if not file_id:
+            raise Api115Error(None, "115 reported success but sent no file_id for the new folder", "/open/folder/add")
+        return file_id
+
     # --- plumbing ------------------------------------------------------------------------------------------------
     def _call(self, method: str, path: str, *, params: Mapping[str, Any] | None = None,
               data: Mapping[str, Any] | None = None, idempotent: bool = True, whole: bool = False) -> Any:
@@ -163,10 +300,11 @@ class Connection:
 def connect(*, token_file: Path, endpoints: Endpoints = Endpoints(), pacing: Pacing = Pacing(),
             daily_call_budget: int | None = None, refresh_ahead: float = 600.0,
             clock: Callable[[], float] = time.time, user_agent: str = "daemon115",
-            on_refresh: Callable[[Tokens], None] | None = None) -> Connection:
+            on_refresh: Callable[[Tokens], None] | None = None,
+            observer: Callable[[str, int | None, bool], None] | None = None) -> Connection:
     """Wire transport, passport, token store and client for one account."""
     transport = Transport(pacing, budget=CallBudget(daily_call_budget), breaker=CircuitBreaker(),
-                          user_agent=user_agent)
+                          user_agent=user_agent, observer=observer)
     passport = Passport(transport, endpoints)
     tokens = TokenStore(token_file, passport.refresh, refresh_ahead=refresh_ahead, clock=clock,
                         on_refresh=on_refresh)

@@ -15,6 +15,10 @@ Choices where api-notes marks the real behaviour UNKNOWN (change them here, nowh
 - An expired or unknown QR answers ``/get/status/`` with ``state: 0, code: 0``.
 - ``folder/get_info`` not found: by ``path`` it answers ``state: true, data: []``, by ``file_id`` 430004, so a client
   meets both observed forms.
+- ``add_task_urls`` into a folder that was deleted answers the whole call with 430004; ids that never existed are
+  accepted (115's behaviour for them is unknown, and tests use arbitrary ids).
+- With ``folder_lag`` set, a path lookup of a folder younger than that many seconds (sandbox clock) answers not-found,
+  like the real path index that briefly misses fresh folders (api-notes §2.9); lookups by id and ``folder/add`` see it.
 - A well-formed but never-issued refresh token gets 40140120 (no grant, so no step towards 40140137).
 - One user holds at most ``max_grants`` live grants (3, as P115 says); a new one evicts the oldest (-> 40140116).
 - A ``sandbox-fail`` task fails half-way through its duration, keeping the progress it had reached.
@@ -632,15 +636,18 @@ class _Folder:
     parent_id: str
     created_at: int
     pick_code: str
+    born: float = 0.0  # created_at to the sub-second, for folder_lag
 
 
 class _Folders:
     """The folder tree behind folder/get_info and folder/add; "0" is the root."""
 
-    def __init__(self, clock: Clock, ids: _Ids) -> None:
+    def __init__(self, clock: Clock, ids: _Ids, lag: float = 0.0) -> None:
         self._clock = clock
         self._ids = ids
         self._folders: dict[str, _Folder] = {"0": _Folder("0", "根目录", "", int(clock.now()), "")}
+        self.deleted: set[str] = set()
+        self.lag = _lag_seconds(lag)
 
     def get(self, file_id: str) -> _Folder | None:
         return self._folders.get(file_id)
@@ -654,6 +661,29 @@ class _Folders:
             folder = self.child(folder.file_id, name) if folder else None
         return folder
 
+    def lookup(self, path: str) -> _Folder | None:
+        """What get_info by path sees: the tree, minus folders too fresh for the path index."""
+        folder = self.by_path(path)
+        if folder is not None and self._clock.now() - folder.born < self.lag:
+            return None
+        return folder
+
+    def delete(self, path_or_id: str) -> str:
+        """Remove a folder and everything under it; their ids are remembered as deleted."""
+        text = path_or_id.strip()
+        folder = self.get(text) if text.isdigit() else self.by_path(text)
+        if folder is None:
+            raise ValueError(f"delete_folder: no folder {path_or_id!r}")
+        if folder.file_id == "0":
+            raise ValueError("delete_folder: the root folder cannot be deleted")
+        doomed = {folder.file_id}
+        while grown := {f.file_id for f in self._folders.values() if f.parent_id in doomed} - doomed:
+            doomed |= grown
+        for file_id in doomed:
+            del self._folders[file_id]
+        self.deleted |= doomed
+        return folder.file_id
+
     def add(self, parent_id: str, name: str) -> _Folder:
         if parent_id not in self._folders:
             raise _Refusal(430004)
@@ -661,7 +691,8 @@ class _Folders:
             raise _Refusal(990002)
         if self.child(parent_id, name) is not None:
             raise _Refusal(20004)
-        folder = _Folder(self._ids.new_id(), name, parent_id, int(self._clock.now()), "f" + self._ids.token(8))
+        now = self._clock.now()
+        folder = _Folder(self._ids.new_id(), name, parent_id, int(now), "f" + self._ids.token(8), now)
         self._folders[folder.file_id] = folder
         return folder
 
@@ -687,6 +718,12 @@ class _Folders:
             chain.append({"file_id": current.file_id, "file_name": current.name})
             current = self._folders.get(current.parent_id)
         return list(reversed(chain))
+
+
+def _lag_seconds(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 3600:
+        raise ValueError(f"folder_lag: must be seconds in [0, 3600), got {value!r}")
+    return float(value)
 
 
 def _path_parts(path: str) -> list[str]:
@@ -948,6 +985,8 @@ def split_urls(text: str) -> list[str]:
 def _submit(s: _State, urls: list[str], wp_path_id: str) -> list[dict[str, Any]]:
     if not urls or not wp_path_id.isdigit():
         raise _Refusal(990002)
+    if wp_path_id in s.folders.deleted:
+        raise _Refusal(430004)
     if len(urls) > MAX_URLS:
         raise _Refusal(1000011)
     if s.account.space_remain < s.space_min:
@@ -1020,7 +1059,7 @@ def folder_get_info(s: _State, req: _Request) -> Any:
         return s.folders.info(folder)
     if not path:
         raise _Refusal(990002)
-    folder = s.folders.by_path(path)
+    folder = s.folders.lookup(path)
     return s.folders.info(folder) if folder is not None else []
 
 
@@ -1294,7 +1333,7 @@ class Sandbox:
                  quota: int = 3000, space_total: int = 16 * 2**40, space_used: int = 2**40,
                  task_duration: float = 600.0, clock: Clock | None = None, max_task_pages: int | None = 20,
                  max_grants: int | None = 3, space_min: int = SPACE_MIN, refresh_window: float = REFRESH_WINDOW,
-                 qr_auto: bool = True, qr_poll_timeout: float = 1.0) -> None:
+                 qr_auto: bool = True, qr_poll_timeout: float = 1.0, folder_lag: float = 0.0) -> None:
         if page_size < 1:
             raise ValueError(f"page_size: must be at least 1, got {page_size}")
         self.host, self.port = host, port
@@ -1307,7 +1346,8 @@ class Sandbox:
         self._state = _State(
             clock=self.clock, tokens=_Tokens(self.clock, max_grants, refresh_window),
             tasks=_Tasks(self.clock, ids, task_duration),
-            account=_Account(self.clock, quota, space_total, space_used), folders=_Folders(self.clock, ids),
+            account=_Account(self.clock, quota, space_total, space_used),
+            folders=_Folders(self.clock, ids, folder_lag),
             logins=_Logins(self.clock, qr_auto), record=_Record(), changed=threading.Condition(self._lock),
             stopping=self._stopping, page_size=page_size, max_task_pages=max_task_pages, space_min=space_min,
             qr_poll_timeout=qr_poll_timeout,
@@ -1429,6 +1469,20 @@ class Sandbox:
             except _Refusal as refusal:
                 raise ValueError(f"add_folder: {path!r} is not a usable 115 path ({refusal.message})") from None
 
+    def delete_folder(self, path_or_id: str) -> str:
+        """Delete a folder (by path or id) and its subtree, as the user would on 115; returns its id."""
+        with self._lock:
+            try:
+                return self._state.folders.delete(str(path_or_id))
+            except _Refusal as refusal:
+                raise ValueError(f"delete_folder: {path_or_id!r} is not a usable 115 path ({refusal.message})") \
+                    from None
+
+    def set_folder_lag(self, seconds: float) -> None:
+        """Hide folders younger than ``seconds`` from path lookups (0 turns it off)."""
+        with self._lock:
+            self._state.folders.lag = _lag_seconds(seconds)
+
     def qr_action(self, action: str, uid: str | None = None) -> str:
         """Act on a QR login as the user would (scan, confirm, cancel) or let it expire; the latest one by default."""
         with self._lock:
@@ -1540,6 +1594,8 @@ _CONTROL: dict[tuple[str, str], Callable[[Sandbox, dict[str, Any]], Any]] = {
     ("POST", "set_task"): _ctl_set_task,
     ("POST", "folder"): lambda sb, doc: {"file_id": sb.add_folder(str(_need(doc, "path")))},
     ("POST", "qr"): lambda sb, doc: {"uid": sb.qr_action(str(_need(doc, "action")), doc.get("uid"))},
+    ("POST", "delete_folder"): lambda sb, doc: {"file_id": sb.delete_folder(str(_need(doc, "path")))},
+    ("POST", "folder_lag"): lambda sb, doc: _ok(lambda: sb.set_folder_lag(_need(doc, "seconds"))),
 }
 
 
