@@ -110,20 +110,44 @@ def cmd_quota(ctx: Context) -> int:
 
 
 def cmd_tasks(ctx: Context) -> int:
+    """The cloud list, each task beside the source that brought it when the daemon submitted it."""
     from daemon115.display import human_size, human_time, table
+    from daemon115.reconciler import ours_index, read_task_list
 
-    tasks = ctx.connect().client.tasks()
+    listing = read_task_list(ctx.connect().client)
+    tasks = listing.tasks
+    with ctx.ledger() as ledger:
+        ours = ours_index(ledger, tasks)
     if ctx.args.json:
-        ctx.print_json([t.to_json() for t in tasks])
-        return EXIT_OK
-    if not tasks:
+        ctx.print_json([{**t.to_json(), "source": ours.get(t.info_hash)} for t in tasks])
+    elif not tasks:
         ctx.print("no cloud-download tasks")
-        return EXIT_OK
-    rows = [[t.status_name, "-" if t.percent is None else f"{t.percent:.0f}%", human_size(t.size),
-             human_time(t.add_time), t.info_hash, t.name] for t in tasks]
-    ctx.print(table(["status", "done", "size", "added", "info_hash", "name"], rows))
-    ctx.print(f"{len(tasks)} tasks")
+    else:
+        rows = [[t.status_name, "-" if t.percent is None else f"{t.percent:.0f}%", human_size(t.size),
+                 human_time(t.add_time), ours.get(t.info_hash, "-"), t.info_hash, t.name] for t in tasks]
+        ctx.print(table(["status", "done", "size", "added", "submitted by", "info_hash", "name"], rows))
+        ctx.print(f"{len(tasks)} tasks, {sum(1 for t in tasks if t.info_hash in ours)} submitted by daemon115")
+    if listing.problem:
+        ctx.err.write(f"warning: the list is incomplete: {listing.problem}\n")
     return EXIT_OK
+
+
+def cmd_cleanup(ctx: Context) -> int:
+    from daemon115.cleanup import UnknownPolicy, format_report, run_policies
+
+    cfg = ctx.config
+    if not cfg.cleanup:
+        ctx.print("no cleanup policies in the config")
+        return EXIT_OK
+    with ctx.ledger() as ledger:
+        try:
+            report = run_policies(cfg.cleanup, ctx.connect().client, ledger, dry_run=ctx.args.dry_run,
+                                  only=ctx.args.policy)
+        except UnknownPolicy as exc:
+            ctx.err.write(f"error: {exc}\n")
+            return EXIT_USAGE
+    ctx.print(format_report(report))
+    return EXIT_FAILED if report.failed else EXIT_OK
 
 
 def cmd_auth_import(ctx: Context) -> int:
@@ -241,13 +265,13 @@ def cmd_once(ctx: Context) -> int:
 
             poller = FeedPoller(cfg.feeds, ledger)
             try:
-                results = poller.poll_all(force=True)
+                results = poller.poll_all()  # every feed whatever its interval; a feed backing off stays paused
             finally:
                 poller.close()
             for result in results:
                 ctx.print(f"feed {result.feed}: {result.status}, {result.queued} queued, {result.duplicates} known"
                           + (f" ({result.error})" if result.error else ""))
-                if result.status == "error":
+                if result.status in ("error", "skipped-backoff"):
                     code = EXIT_FAILED
         return max(code, _drain_and_report(ctx, ctx.submitter(ledger)))
 
@@ -337,6 +361,32 @@ def _change_entry(ctx: Context, change: Callable[[Ledger, str], bool], done: str
     return EXIT_OK
 
 
+def cmd_rss_test(ctx: Context) -> int:
+    """The real feed pipeline into a sink that records and submits nothing."""
+    from daemon115.display import human_size, table
+    from daemon115.sources.feeds import FeedPoller, rss_test_rows
+
+    cfg = ctx.config
+    feeds = [f for f in cfg.feeds if ctx.args.feed in (None, f.name)]
+    if not feeds:
+        ctx.err.write(f"error: no feed named {ctx.args.feed!r} in the config\n" if ctx.args.feed
+                      else "error: the config has no feeds\n")
+        return EXIT_USAGE
+    with ctx.ledger() as ledger, FeedPoller(feeds, ledger, record=False) as poller:
+        results = poller.poll_all(force=True)
+    rows = rss_test_rows(results)
+    if ctx.args.json:
+        ctx.print_json(rows)
+    else:
+        ctx.print(table(["feed", "grab", "rule", "size", "title", "why"],
+                        [[r["feed"], "yes" if r["grab"] else "no", r["rule"] or "-", human_size(r["size"]),
+                          _shorten(r["title"] or "", 60), r["reason"]] for r in rows]))
+    for result in results:
+        if result.error:
+            ctx.err.write(f"feed {result.feed}: {result.error}\n")
+    return EXIT_FAILED if any(r.status == "error" for r in results) else EXIT_OK
+
+
 def cmd_status(ctx: Context) -> int:
     from daemon115 import status
     from daemon115.api.errors import Api115Error
@@ -405,6 +455,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target", metavar="ID", help="115 folder id (default: submit.default_target)")
     p.add_argument("--force", action="store_true", help="ignore the ledger's dedup")
     command("run", cmd_run, "the long-running daemon, in the foreground, until SIGTERM or SIGINT")
+    rss = sub.add_parser("rss", help="feeds: try them without grabbing").add_subparsers(
+        dest="rss_command", required=True, metavar="ACTION")
+    p = command("test", cmd_rss_test, "poll feeds and show per entry whether and by which rule it would be grabbed",
+                json_flag=True, parent=rss)
+    p.add_argument("feed", nargs="?", metavar="FEED_NAME")
+    p = command("cleanup", cmd_cleanup, "run cleanup policies now")
+    p.add_argument("--dry-run", action="store_true", help="print what would be cleared/deleted; change nothing")
+    p.add_argument("--policy", metavar="NAME", help="run only this policy")
     command("status", cmd_status, "queue, feeds, token, quota and the daemon's state", json_flag=True)
     command("once", cmd_once, "one full pass: read every source, submit everything queued, exit")
 

@@ -21,7 +21,9 @@ from daemon115 import config as configmod
 from daemon115.api.errors import AuthorizationNeeded
 from daemon115.config import Config
 from daemon115.ledger import Ledger
-from daemon115.logs import Redactor, configure, get_logger
+from daemon115.logs import configure, get_logger
+from daemon115.metrics import Metrics, serve
+from daemon115.notify import EventTee, Notifications
 from daemon115.scheduler import Scheduler
 from daemon115.sdnotify import Notifier
 from daemon115.status import STATUS_META
@@ -60,8 +62,10 @@ class SubmitLoop:
     (``daemon115 auth import``), saying so once an hour, and resumes without a restart.
     """
 
-    def __init__(self, make_submitter: Callable[[], Submitter], token_file: Path, log: Any) -> None:
+    def __init__(self, make_submitter: Callable[[], Submitter], token_file: Path, log: Any, *,
+                 on_submitted: Callable[[int], None] = lambda n: None) -> None:
         self._make = make_submitter
+        self._on_submitted = on_submitted
         self._submitter = make_submitter()
         self._token_file = token_file
         self._log = log
@@ -72,6 +76,9 @@ class SubmitLoop:
 
     def wake(self) -> None:
         self._wake.set()
+
+    def retell(self, log: Any) -> None:
+        self._log = log
 
     def replace(self, make_submitter: Callable[[], Submitter]) -> None:
         self._make = make_submitter
@@ -121,16 +128,19 @@ class SubmitLoop:
         if report.submitted or report.duplicates:
             self.state.last_submit = time.time()
             self.state.submitted += report.submitted + report.duplicates
+            self._on_submitted(report.submitted)
         self.state.paused = report.paused
         if report.unreachable:
             self.state.last_error = report.unreachable
             self._log.warning("submit_unreachable", error=report.unreachable)
 
     def _nag(self) -> None:
+        """The first time is an ``authorization_needed`` event (notified); hourly reminders are only logged."""
         now = time.monotonic()
         if now - self._last_nag >= AUTH_NAG_EVERY or self._last_nag == 0.0:
+            event = "authorization_needed" if self._last_nag == 0.0 else "authorization_still_needed"
             self._last_nag = now
-            self._log.error("authorization_needed", error=self.state.auth_needed,
+            self._log.error(event, error=self.state.auth_needed,
                             action="run `daemon115 auth import --access-token ... --refresh-token ...`; "
                                    "queued links are kept and sent once a new token file appears")
 
@@ -144,11 +154,16 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.redactor = configure(cfg.logging.level, cfg.logging.format)
         self.log = get_logger("daemon115")
+        self.notes = Notifications(cfg.notify, log=self.log, redactor=self.redactor)
+        self.events = EventTee(self.log, self.notes)
         self.stop_event = threading.Event()
         self.reload_event = threading.Event()
         self.ledger = Ledger(cfg.ledger.path)
+        self.metrics = Metrics(links=self.ledger.counts, token_expires_at=self._token_expiry)
+        self.status_server: Any = None
         self.scheduler = Scheduler(log=self.log)
-        self.submit = SubmitLoop(self._submitter_factory(cfg), cfg.auth.token_file, self.log)
+        self.submit = SubmitLoop(self._submitter_factory(cfg), cfg.auth.token_file, self.events,
+                                 on_submitted=self.metrics.submitted)
         self.watch = WatchSource(cfg.watch, self.ledger, on_queued=self.submit.wake, log=self.log)
         self.feeds = _feed_source(cfg, self.ledger, self.log, self.submit.wake)
         self._threads: list[threading.Thread] = []
@@ -157,9 +172,9 @@ class Daemon:
 
     def _submitter_factory(self, cfg: Config) -> Callable[[], Submitter]:
         def make() -> Submitter:
-            conn = connection_for(cfg, self.redactor)
+            conn = connection_for(cfg, self.redactor, observer=self.metrics.api_call)
             lock = Path(str(cfg.ledger.path) + ".submit")
-            return Submitter(self.ledger, conn.client, lock, submit_policy(cfg), log=self.log)
+            return Submitter(self.ledger, conn.client, lock, submit_policy(cfg), log=self.events)
 
         return make
 
@@ -169,6 +184,7 @@ class Daemon:
         self.log.info("starting", config=str(self.config_path or "(defaults)"), watch=len(self.cfg.watch),
                       feeds=len(self.cfg.feeds), ledger=str(self.cfg.ledger.path))
         self._start_thread("submitter", self.submit.run)
+        self._serve_status(self.cfg)
         self.watch.start()
         self._schedule(self.cfg)
         self._start_thread("scheduler", self.scheduler.run)
@@ -204,6 +220,9 @@ class Daemon:
         self.watch.stop(timeout=2.0)
         if self.feeds is not None:
             self.feeds.close()
+        if self.status_server is not None:
+            self.status_server.stop()
+        self.notes.close(timeout=1.0)
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = [t.name for t in self._threads if t.is_alive()]
@@ -231,13 +250,83 @@ class Daemon:
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
 
+    def _serve_status(self, cfg: Config) -> None:
+        """/healthz and /metrics when status.listen is set; a port that cannot be bound is logged, not fatal."""
+        if self.status_server is not None:
+            self.status_server.stop()
+            self.status_server = None
+        if cfg.status.listen is None:
+            return
+        try:
+            self.status_server = serve(self.metrics, cfg.status.host, cfg.status.port, health=self._health)
+        except OSError as exc:
+            self.log.error("status_listen_failed", error=str(exc))
+            return
+        self.log.info("status_listening", url=self.status_server.url)
+
+    def _health(self) -> tuple[bool, str]:
+        state = self.submit.state
+        if state.auth_needed:
+            return False, "authorization needed: run daemon115 auth import"
+        return True, f"ok; {self.status_line()}"
+
+    def _token_expiry(self) -> float | None:
+        from daemon115.api.auth import token_state
+
+        return token_state(self.cfg.auth.token_file).expires_at
+
     # --- config --------------------------------------------------------------------------------------------------
     def _schedule(self, cfg: Config) -> None:
         if self.feeds is not None:
             for feed in cfg.feeds:
-                self.scheduler.every(f"feed:{feed.name}", feed.interval, _poller(self.feeds, feed, self.submit.wake),
-                                     first=0.0, jitter=0.1)
+                self.scheduler.every(f"feed:{feed.name}", feed.interval, self._poller(feed), first=0.0, jitter=0.1)
         self.scheduler.every("prune", 86400.0, lambda: self.ledger.prune(cfg.ledger.keep_details), first=60.0)
+        self._schedule_cloud_jobs(cfg)
+
+    def _schedule_cloud_jobs(self, cfg: Config) -> None:
+        """Reconcile (paced by how fresh our links are) and each cleanup policy on its own `every`."""
+        from daemon115.cleanup import next_run_in, run_policies
+        from daemon115.reconciler import Reconciler
+
+        for name in self.scheduler.names():
+            if name.startswith("cleanup:") or name == "reconcile":
+                self.scheduler.cancel(name)
+        client = connection_for(cfg, self.redactor, observer=self.metrics.api_call).client
+        reconciler = Reconciler(self.ledger, client, log=self.events)
+
+        def reconcile() -> None:
+            try:
+                if self.submit.state.auth_needed is None:
+                    reconciler.run()
+            finally:
+                self.scheduler.every("reconcile", reconciler.next_interval(cfg.reconcile), reconcile)
+
+        self.scheduler.every("reconcile", reconciler.next_interval(cfg.reconcile), reconcile, first=5.0)
+        for policy in cfg.cleanup:
+            def clean(policy: Any = policy) -> None:
+                if self.submit.state.auth_needed is not None:
+                    return
+                report = run_policies(cfg.cleanup, client, self.ledger, dry_run=False, only=policy.name,
+                                      log=self.events)
+                for result in report.results:
+                    for outcome in result.outcomes:
+                        if outcome.status == "done":
+                            self.metrics.cleanup_action(policy.name, outcome.action.kind)
+
+            self.scheduler.every(f"cleanup:{policy.name}", policy.every, clean,
+                                 first=next_run_in(policy, self.ledger, time.time()))
+
+    def _poller(self, feed: Any) -> Callable[[], None]:
+        def poll() -> None:
+            feeds = self.feeds
+            if feeds is None:
+                return
+            result = feeds.poll(feed)
+            self.metrics.feed_poll(feed.name, result.status != "error")
+            if result.queued:
+                self.submit.wake()
+
+        return poll
 
     def reload(self) -> None:
         """SIGHUP: a valid new config takes effect live; an invalid one is refused and the old one keeps running."""
@@ -255,7 +344,14 @@ class Daemon:
         if self.feeds is not None:
             self.feeds.close()
         self.feeds = _feed_source(new, self.ledger, self.log, self.submit.wake)
+        if new.notify != self.cfg.notify:
+            self.notes.close(timeout=1.0)
+            self.notes = Notifications(new.notify, log=self.log, redactor=self.redactor)
+            self.events = EventTee(self.log, self.notes)
+            self.submit.retell(self.events)
         self.submit.replace(self._submitter_factory(new))
+        if new.status != self.cfg.status:
+            self._serve_status(new)
         self._schedule(new)
         self.cfg = new
         self.log.info("reloaded", watch=len(new.watch), feeds=len(new.feeds))
@@ -300,14 +396,6 @@ def _feed_source(cfg: Config, ledger: Ledger, log: Any, wake: Callable[[], None]
     from daemon115.sources.feeds import FeedPoller
 
     return FeedPoller(cfg.feeds, ledger, log=log)
-
-
-def _poller(feeds: Any, feed: Any, wake: Callable[[], None]) -> Callable[[], None]:
-    def poll() -> None:
-        if feeds.poll(feed).queued:
-            wake()
-
-    return poll
 
 
 def run(config_path: Path | None) -> int:

@@ -231,3 +231,41 @@ def test_status_reports_the_running_daemon_queue_token_and_quota(sandbox, tmp_pa
     assert "1 submitted" in text and "running" in text
     assert token.access_token not in text and token.access_token not in json.dumps(doc)
     assert run.stop() == 0
+
+
+def test_a_hanging_notifier_does_not_stall_submission_and_metrics_are_served(sandbox, tmp_path, running):
+    import requests
+
+    hanging = socket.socket()
+    hanging.bind(("127.0.0.1", 0))
+    hanging.listen(16)  # accepts connections and never answers
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        metrics_port = probe.getsockname()[1]
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    extra = (f"notify:\n  - {{type: webhook, url: 'http://127.0.0.1:{hanging.getsockname()[1]}/hook', timeout: 30s}}\n"
+             f"status: {{listen: '127.0.0.1:{metrics_port}'}}\n")
+    run = running(write_config(tmp_path / "c.yaml", sandbox, tmp_path, [drop], extra))
+    try:
+        for i in range(5):
+            (drop / f"{i}.magnet").write_text(f"magnet:?xt=urn:btih:{i + 1:040x}\n")
+            wait_for(lambda i=i: accepted(sandbox).get(f"{i + 1:040x}"), timeout=10, what=f"link {i}")
+        health = wait_for(lambda: _get(f"http://127.0.0.1:{metrics_port}/healthz"), what="/healthz")
+        assert health.status_code == 200
+        text = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+        assert 'daemon115_links{state="submitted"} 5.0' in text
+        assert "daemon115_submitted_total 5.0" in text
+        assert 'daemon115_api_calls_total{code="0",endpoint="/open/offline/add_task_urls"}' in text
+        assert run.stop() == 0
+    finally:
+        hanging.close()
+
+
+def _get(url: str):
+    import requests
+
+    try:
+        return requests.get(url, timeout=2)
+    except requests.ConnectionError:
+        return None
