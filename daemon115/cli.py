@@ -51,11 +51,9 @@ class Context:
         return Ledger(self.config.ledger.path)
 
     def submitter(self, ledger: Ledger) -> Submitter:
-        from daemon115.wiring import submit_policy
-        from daemon115.submitter import Submitter
+        from daemon115.wiring import submitter_for
 
-        lock = Path(str(self.config.ledger.path) + ".submit")
-        return Submitter(ledger, self.connect().client, lock, submit_policy(self.config))
+        return submitter_for(self.config, ledger, self.connect())
 
     def print(self, *parts: object) -> None:
         print(*parts, file=self.out)
@@ -74,11 +72,42 @@ def cmd_check(ctx: Context) -> int:
     cfg = ctx._config = config.load(path, must_exist=True)
     for warning in config.warnings(cfg):
         ctx.print(f"warning: {warning}")
+    code = EXIT_OK
     if ctx.args.online:
-        info = ctx.connect().client.user_info()
-        ctx.print(f"token: valid for account {info.user_name} ({info.user_id})")
-    ctx.print("config OK")
-    return EXIT_OK
+        code = _check_online(ctx, cfg)
+    ctx.print("config OK" if code == EXIT_OK else "config OK, but some targets have problems")
+    return code
+
+
+def _check_online(ctx: Context, cfg: Config) -> int:
+    """The token against 115, then every target: its folder id, or what is wrong with it."""
+    from daemon115.api.folders import FolderResolver
+
+    conn = ctx.connect()
+    info = conn.client.user_info()
+    ctx.print(f"token: valid for account {info.user_name} ({info.user_id})")
+    with ctx.ledger() as ledger:
+        checks = FolderResolver(conn.client, ledger, create=cfg.submit.create_folders).check_all(all_targets(cfg))
+    failed = False
+    for check in checks:
+        if check.problem:
+            failed = True
+            ctx.print(f"target {check.target}: PROBLEM: {check.problem}")
+        elif check.file_id is None:
+            ctx.print(f"target {check.target}: missing; created on first use (submit.create_folders)")
+        else:
+            ctx.print(f"target {check.target} -> folder id {check.file_id}")
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def all_targets(cfg: Config) -> list[str]:
+    """Every target the config names, once each, in the order they appear."""
+    found = [cfg.submit.default_target]
+    for folder in cfg.watch:
+        found += [folder.target, *folder.subfolders.values()]
+    for feed in cfg.feeds:
+        found += [feed.target, *(r.target for r in feed.rules if r.target)]
+    return list(dict.fromkeys(found))
 
 
 def cmd_whoami(ctx: Context) -> int:
@@ -192,6 +221,23 @@ def cmd_auth_status(ctx: Context) -> int:
 
         raise AuthorizationNeeded(None, state.problem, "token file")
     return EXIT_OK
+
+
+def cmd_auth_login(ctx: Context) -> int:
+    from daemon115.login import QrExpired, login
+
+    conn = ctx.connect()
+    while True:
+        try:
+            login(conn.passport, ctx.args.client_id, ctx.config.auth.token_file, out=ctx.out, qr=not ctx.args.no_qr)
+            return EXIT_OK
+        except ValueError as exc:
+            ctx.err.write(f"error: {exc}\n")
+            return EXIT_USAGE
+        except QrExpired as exc:
+            ctx.err.write(f"the QR code is no longer valid ({exc.reason}).\n")
+            if not sys.stdin.isatty() or input("Start again with a new QR code? [Y/n] ").strip().lower() == "n":
+                return EXIT_AUTH
 
 
 def cmd_auth_refresh(ctx: Context) -> int:
@@ -449,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds until the access token expires (default 7200)")
     command("status", cmd_auth_status, "show the token state (never the token)", json_flag=True, parent=auth)
     command("refresh", cmd_auth_refresh, "refresh the access token now", parent=auth)
+    p = command("login", cmd_auth_login, "QR-code login (PKCE device flow); writes the token file", parent=auth)
+    p.add_argument("--client-id", required=True, metavar="APP_ID", help="your app's APP ID on 115's open platform")
+    p.add_argument("--no-qr", action="store_true", help="print only the QR code's content, not the picture")
 
     p = command("add", cmd_add, "queue and submit links by hand")
     p.add_argument("urls", nargs="+", metavar="URL", help="magnet, ed2k, http(s) or ftp links")

@@ -29,7 +29,7 @@ from daemon115.sdnotify import Notifier
 from daemon115.status import STATUS_META
 from daemon115.sources.watch import WatchSource
 from daemon115.submitter import Submitter
-from daemon115.wiring import connection_for, submit_policy
+from daemon115.wiring import connection_for, submitter_for
 
 STOP_GRACE = 8.0  # systemd and interface.md want exit within 10 s of SIGTERM
 AUTH_NAG_EVERY = 3600.0
@@ -173,8 +173,7 @@ class Daemon:
     def _submitter_factory(self, cfg: Config) -> Callable[[], Submitter]:
         def make() -> Submitter:
             conn = connection_for(cfg, self.redactor, observer=self.metrics.api_call)
-            lock = Path(str(cfg.ledger.path) + ".submit")
-            return Submitter(self.ledger, conn.client, lock, submit_policy(cfg), log=self.events)
+            return submitter_for(cfg, self.ledger, conn, log=self.events)
 
         return make
 

@@ -572,6 +572,15 @@ class Ledger:
             _add_event(db, key, now, "requeued", {"reason": reason, "delay": delay, "charged": charge})
             _finish_batch_if_done(db, entry.batch_id, now)
 
+    def record_target(self, keys: Sequence[str], *, folder_id: str, path: str) -> None:
+        """A batch aimed at a folder path was sent to ``folder_id``: keep both (the id for 115, the path for people)."""
+        now = self._clock()
+        with self._transaction() as db:
+            db.executemany("UPDATE links SET target = ?, target_path = ?, updated_at = ? WHERE key = ?",
+                           [(folder_id, path, now, key) for key in keys])
+            for key in keys:
+                _add_event(db, key, now, "target", {"path": path, "folder_id": folder_id})
+
     def submitting(self) -> list[Entry]:
         """Links whose outcome is unknown (left by a crash): reconcile them before sending anything."""
         with self._read() as db:

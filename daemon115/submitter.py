@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from daemon115.api.errors import Api115Error, AuthorizationNeeded, Kind, RateLimited, lookup
+from daemon115.api.folders import TargetError
 from daemon115.api.models import AddResult, Quota, Task
 from daemon115.api.transport import OutcomeUnknown
 from daemon115.fsutil import file_lock
 from daemon115.ledger import Batch, Entry, Ledger
 
 QUOTA_EXHAUSTED = frozenset({1000012, 10007, 10010})
+FOLDER_GONE = 430004
 NO_SPACE = 91006
 PAUSE_META = "submit.pause"
 
@@ -31,6 +33,13 @@ class Cloud(Protocol):
     def add_task_urls(self, urls: Sequence[str], target: str = "0") -> list[AddResult]: ...
     def iter_tasks(self, *, max_pages: int | None = None) -> Iterable[Task]: ...
     def quota(self) -> Quota: ...
+
+
+class Folders(Protocol):
+    """Turns a target (a folder id, or a path like /Downloads/Anime) into a folder id."""
+
+    def resolve(self, target: str) -> str: ...
+    def forget(self, target: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -70,9 +79,10 @@ def batch_due(count: int, oldest: float, now: float, policy: SubmitPolicy, *, wa
 
 class Submitter:
     def __init__(self, ledger: Ledger, cloud: Cloud, lock_path: Path, policy: SubmitPolicy = SubmitPolicy(), *,
-                 clock: Callable[[], float] = time.time, log: Any = None) -> None:
+                 folders: Folders | None = None, clock: Callable[[], float] = time.time, log: Any = None) -> None:
         self.ledger = ledger
         self.cloud = cloud
+        self.folders = folders
         self.policy = policy
         self._clock = clock
         self._log = log
@@ -126,11 +136,14 @@ class Submitter:
         return None
 
     def _send(self, batch: Batch, report: DrainReport) -> bool:
+        folder_id = self._folder_of(batch, report)
+        if folder_id is None:
+            return report.unreachable is None
         urls = [e.url for e in batch.entries]
         report.calls += 1
         self._emit("batch_sending", batch_id=batch.batch_id, target=batch.target, links=len(urls))
         try:
-            results = self.cloud.add_task_urls(urls, batch.target)
+            results = self.cloud.add_task_urls(urls, folder_id)
         except OutcomeUnknown as exc:
             report.errors.append(str(exc))
             report.unreachable = str(exc)
@@ -141,10 +154,41 @@ class Submitter:
             report.unreachable = str(exc)
             raise
         except Api115Error as exc:
+            if exc.code == FOLDER_GONE and self.folders is not None and folder_id != batch.target:
+                self.folders.forget(batch.target)  # deleted in 115: the next pass resolves (and creates) it again
+                self._release(batch, reason=f"folder {batch.target} is gone in 115; resolving it again",
+                              delay=0.0, charge=False)
+                return True
             return self._whole_call_failed(batch, exc, report)
+        if folder_id != batch.target:
+            self.ledger.record_target(batch.keys, folder_id=folder_id, path=batch.target)
         for entry, result in zip(batch.entries, results):
             self._settle(entry, result, batch.batch_id, report)
         return report.paused is None
+
+    def _folder_of(self, batch: Batch, report: DrainReport) -> str | None:
+        """The folder id for the batch's target; None when it cannot be had now (the batch is settled here)."""
+        if batch.target.isdigit() or self.folders is None:
+            return batch.target
+        try:
+            return self.folders.resolve(batch.target)
+        except TargetError as exc:
+            if exc.transient:
+                self._release(batch, reason=str(exc), delay=retry_delay(1, self.policy), charge=False)
+                report.requeued += len(batch.entries)
+                return None
+            for entry in batch.entries:
+                self.ledger.mark_failed(entry.key, reason=str(exc))
+                report.failed += 1
+                self._emit("link_failed", key=entry.key, name=entry.name, reason=str(exc))
+            return None
+        except AuthorizationNeeded:
+            self._release(batch, reason="authorization needed", delay=0.0, charge=False)
+            raise
+        except Api115Error as exc:
+            self._release(batch, reason=str(exc), delay=retry_delay(1, self.policy), charge=False)
+            report.unreachable = str(exc)
+            return None
 
     # --- outcomes ------------------------------------------------------------------------------------------------
     def _settle(self, entry: Entry, result: AddResult, batch_id: str, report: DrainReport) -> None:

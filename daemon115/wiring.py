@@ -6,11 +6,13 @@ from daemon115.api.client import Connection, Endpoints, connect
 from daemon115.api.transport import Pacing
 from daemon115.config import Config
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from daemon115.logs import Redactor
-from daemon115.submitter import SubmitPolicy
+from daemon115.ledger import Ledger
+from daemon115.submitter import SubmitPolicy, Submitter
 
 
 def connection_for(cfg: Config, redactor: Redactor | None = None, *, quick: bool = False,
@@ -35,3 +37,12 @@ def submit_policy(cfg: Config) -> SubmitPolicy:
     s = cfg.submit
     return SubmitPolicy(batch_size=s.batch_size, batch_window=s.batch_window, max_attempts=s.max_attempts,
                         pause_probe=s.quota_check_every)
+
+
+def submitter_for(cfg: Config, ledger: Ledger, conn: Connection, *, log: Any = None) -> Submitter:
+    """The submitter with its folder resolver; the submit lock sits beside the ledger file."""
+    from daemon115.api.folders import FolderResolver
+
+    folders = FolderResolver(conn.client, ledger, create=cfg.submit.create_folders, log=log)
+    return Submitter(ledger, conn.client, Path(str(cfg.ledger.path) + ".submit"), submit_policy(cfg),
+                     folders=folders, log=log)

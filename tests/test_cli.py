@@ -247,3 +247,35 @@ def test_demo_runs_end_to_end():
     result = daemon115("demo")
     assert result.returncode == 0, result.stderr
     assert "queued:" in result.stdout and "submitted" in result.stdout
+
+
+def test_auth_login_runs_the_device_flow_and_writes_a_usable_token_file(sandbox, tmp_path):
+    token = tmp_path / "login" / "token.json"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"api: {{base_url: '{sandbox.url}', passport_url: '{sandbox.url}', qrcode_url: '{sandbox.url}',"
+                      f" min_interval: 0s}}\nauth: {{token_file: '{token}'}}\n")
+    result = daemon115("-c", str(config), "auth", "login", "--client-id", "100195123")
+    assert result.returncode == 0, result.stderr
+    assert "QR code content:" in result.stdout and "Logged in" in result.stdout
+    stored = json.loads(token.read_text())
+    assert stored["access_token"] not in result.stdout + result.stderr
+    assert daemon115("-c", str(config), "whoami").returncode == 0
+
+
+def test_check_online_resolves_every_target(sandbox, token_file, tmp_path):
+    sandbox.add_folder("/Downloads/Anime")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"""\
+api: {{base_url: "{sandbox.url}", passport_url: "{sandbox.url}", qrcode_url: "{sandbox.url}", min_interval: 0s}}
+auth: {{token_file: "{token_file}"}}
+ledger: {{path: "{tmp_path / 'ledger.sqlite3'}"}}
+watch:
+  - {{path: "{tmp_path}", target: "/Downloads/Anime"}}
+feeds:
+  - {{name: f, url: "http://127.0.0.1:9/rss", target: "/Downloads/New", accept_all: true}}
+""")
+    result = daemon115("-c", str(config), "check", "--online")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "target /Downloads/Anime -> folder id" in result.stdout
+    assert "target /Downloads/New: missing; created on first use" in result.stdout
+    assert "valid for account" in result.stdout

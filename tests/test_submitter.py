@@ -226,3 +226,38 @@ def test_dedup_across_encodings_and_sources_reaches_115_once(ledger, client, san
     make_submitter(ledger, client, tmp_path, clock).drain(wait_window=False)
     assert sum(sandbox.stats()["accepted_hashes"].values()) == 1
     assert ledger.sources(torrent.info_hash) == ["watch:/drop/a.torrent", "feed:x", "cli"]
+
+
+def test_a_path_target_is_resolved_created_recorded_and_resolved_again_after_deletion(ledger, client, sandbox,
+                                                                                     tmp_path, clock):
+    from daemon115.api.folders import FolderResolver
+
+    folders = FolderResolver(client, ledger)
+    sub = Submitter(ledger, client, tmp_path / "submit", SubmitPolicy(), folders=folders, clock=clock)
+    queue(ledger, [1], target="/Downloads/Anime")
+    assert sub.drain(wait_window=False).submitted == 1
+    entry = ledger.get(f"{1:040x}")
+    folder_id = sandbox.tasks()[0]["wp_path_id"]
+    assert folder_id.isdigit() and folder_id != "0"
+    assert (entry.target, entry.target_path) == (folder_id, "/Downloads/Anime")  # the id for 115, the path for people
+
+    sandbox.delete_folder("/Downloads/Anime")  # the user removed it in 115
+    queue(ledger, [2], target="/Downloads/Anime")
+    assert sub.drain(wait_window=False).submitted == 1
+    assert [c["code"] for c in add_calls(sandbox)] == [0, 430004, 0]  # the cached id refused, forgotten, re-resolved
+    assert any(e.kind == "requeued" and "gone" in e.detail["reason"] for e in ledger.history(f"{2:040x}"))
+    fresh = {t["info_hash"]: t["wp_path_id"] for t in sandbox.tasks()}[f"{2:040x}"]
+    assert fresh.isdigit() and fresh != folder_id
+
+
+def test_a_path_target_that_must_not_be_created_fails_its_links_with_the_reason(ledger, client, sandbox, tmp_path,
+                                                                                 clock):
+    from daemon115.api.folders import FolderResolver
+
+    sub = Submitter(ledger, client, tmp_path / "submit", SubmitPolicy(), folders=FolderResolver(client, ledger,
+                    create=False), clock=clock)
+    queue(ledger, [3], target="/Nowhere")
+    sub.drain(wait_window=False)
+    entry = ledger.get(f"{3:040x}")
+    assert entry.status == "failed" and "/Nowhere" in entry.reason
+    assert not sandbox.stats()["add_calls"]
