@@ -50,6 +50,7 @@ class SubmitPolicy:
     retry_base: float = 30.0
     retry_cap: float = 3600.0
     pause_probe: float = 600.0  # how often a quota/space pause asks 115 whether it may resume
+    unknown_grace: float = 30.0  # after a lost answer, how long 115 gets to finish before a link is sent again
 
 
 @dataclass
@@ -263,7 +264,9 @@ class Submitter:
                                            answer={"found_in_task_list": True, "reason": reason})
                 found += 1
             else:
-                self.ledger.requeue(entry.key, delay=0.0, reason=f"{reason}; not in the task list", charge=False)
+                # 115 may still be working on a request whose answer we lost; sending again at once could race it
+                self.ledger.requeue(entry.key, delay=self.policy.unknown_grace,
+                                    reason=f"{reason}; not in the task list", charge=False)
         return found
 
     def _cloud_index(self) -> tuple[dict[str, Task], dict[str, Task]]:

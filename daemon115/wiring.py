@@ -36,7 +36,7 @@ def connection_for(cfg: Config, redactor: Redactor | None = None, *, quick: bool
 def submit_policy(cfg: Config) -> SubmitPolicy:
     s = cfg.submit
     return SubmitPolicy(batch_size=s.batch_size, batch_window=s.batch_window, max_attempts=s.max_attempts,
-                        pause_probe=s.quota_check_every)
+                        pause_probe=s.quota_check_every, unknown_grace=min(120.0, max(10.0, 2 * cfg.api.timeout)))
 
 
 def submitter_for(cfg: Config, ledger: Ledger, conn: Connection, *, log: Any = None) -> Submitter:

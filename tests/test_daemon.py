@@ -30,11 +30,11 @@ def wait_for(predicate: Callable[[], object], timeout: float = 15.0, what: str =
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def write_config(path: Path, sandbox, tmp_path: Path, watch: list[Path], extra: str = "") -> Path:
+def write_config(path: Path, sandbox, tmp_path: Path, watch: list[Path], extra: str = "", timeout: str = "5s") -> Path:
     folders = "".join(f"  - {{path: '{w}', target: '{i + 1}', settle: 200ms}}\n" for i, w in enumerate(watch))
     path.write_text(f"""\
 api: {{base_url: "{sandbox.url}", passport_url: "{sandbox.url}", qrcode_url: "{sandbox.url}", min_interval: 0s,
-       timeout: 5s}}
+       timeout: {timeout}}}
 auth: {{token_file: "{tmp_path / 'token.json'}"}}
 ledger: {{path: "{tmp_path / 'ledger.sqlite3'}"}}
 submit: {{batch_window: 300ms, quota_check_every: 1s}}
@@ -269,3 +269,28 @@ def _get(url: str):
         return requests.get(url, timeout=2)
     except requests.ConnectionError:
         return None
+
+
+def test_sigterm_with_a_batch_in_flight_exits_0_in_time_and_the_batch_is_settled_on_restart(sandbox, tmp_path,
+                                                                                              running):
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    config = write_config(tmp_path / "c.yaml", sandbox, tmp_path, [drop], timeout="30s")
+    # 115 holds the request longer than the daemon may wait on SIGTERM, then takes the batch
+    sandbox.inject(Fault("delay", endpoint="/open/offline/add_task_urls", delay=9.0))
+    run = running(config)
+    (drop / "a.magnet").write_text(f"magnet:?xt=urn:btih:{HEX}\n")
+    wait_for(lambda: sandbox.stats()["calls"].get("/open/offline/add_task_urls"), what="the batch in flight")
+    start = time.monotonic()
+    assert run.stop() == 0
+    assert time.monotonic() - start < 10
+    assert any(e.get("event") == "stopped_with_work_in_flight" for e in run.events())
+    wait_for(lambda: accepted(sandbox), timeout=15, what="115 taking the batch after all")
+    again = running(config)
+    wait_for(lambda: any(e.get("event") == "recovered" for e in _peek(again)), what="the restart settling the batch")
+    assert again.stop() == 0
+    assert accepted(sandbox) == {HEX: 1} and sandbox.stats()["duplicates"] == {}
+    assert len(sandbox.stats()["add_calls"]) == 1  # looked up in the task list, not resent
+    listing = subprocess.run([sys.executable, "-m", "daemon115", "-c", str(config), "ledger", "list", "--json"],
+                             capture_output=True, text=True, timeout=30)
+    assert [e["status"] for e in json.loads(listing.stdout)] == ["submitted"]

@@ -180,8 +180,11 @@ def test_a_lost_answer_is_settled_from_the_task_list_and_never_resent(ledger, cl
 def test_a_lost_answer_for_links_115_did_not_take_requeues_them(ledger, client, sandbox, tmp_path, clock):
     sandbox.inject(Fault("drop_before", endpoint="/open/offline/add_task_urls"))
     queue(ledger, range(2))
-    sub = make_submitter(ledger, client, tmp_path, clock)
+    sub = make_submitter(ledger, client, tmp_path, clock, unknown_grace=30)
     sub.drain(wait_window=False)
+    assert ledger.counts()["queued"] == 2
+    assert sub.drain(wait_window=False).calls == 0  # 115 gets time to finish what it may have started
+    clock.now += 31
     sub.drain(wait_window=False)
     assert ledger.counts()["submitted"] == 2
     assert set(sandbox.stats()["accepted"].values()) == {1}
@@ -192,7 +195,11 @@ def test_start_up_settles_links_left_submitting_before_sending_anything(ledger, 
     batch = ledger.claim_batch("0", 4)  # a crash after claiming ...
     client.add_task_urls([e.url for e in batch.entries[:2]])  # ... with 115 having taken half of the batch
     calls = len(add_calls(sandbox))
-    report = make_submitter(ledger, client, tmp_path, clock).drain(wait_window=False)
+    sub = make_submitter(ledger, client, tmp_path, clock, unknown_grace=30)
+    sub.drain(wait_window=False)
+    assert ledger.counts()["submitted"] == 2 and len(add_calls(sandbox)) == calls  # found in the list, none resent
+    clock.now += 31  # the dead run's request cannot still be on its way now
+    report = sub.drain(wait_window=False)
     assert ledger.counts()["submitted"] == 4
     assert len(add_calls(sandbox)) == calls + 1 and add_calls(sandbox)[-1]["url_count"] == 2  # only the other half
     assert report.submitted == 2
