@@ -229,7 +229,7 @@ class Daemon:
             # a batch still in flight stays `submitting`; the next start looks it up in the task list
             self.log.warning("stopped_with_work_in_flight", threads=alive)
         else:
-            self._publish_status()
+            self._publish_status(stopped=True)
             self.ledger.close()
         self.log.info("stopped")
 
@@ -378,9 +378,9 @@ class Daemon:
     def _status_changed(self) -> bool:
         return self._status_doc() != self._published
 
-    def _publish_status(self) -> None:
+    def _publish_status(self, *, stopped: bool = False) -> None:
         self._published = self._status_doc()
-        doc = {**self._published, "updated": time.time()}
+        doc = {**self._published, "updated": time.time(), "stopped": stopped}
         try:
             self.ledger.meta_set(STATUS_META, json.dumps(doc))
         except Exception as exc:  # noqa: BLE001 - status is best effort; the ledger may be busy

@@ -20,7 +20,7 @@ STALE_AFTER = 60.0  # a status older than this means the daemon is not running
 
 def collect(cfg: Config, ledger: Ledger, quota: Any = None, quota_error: str | None = None) -> dict[str, Any]:
     daemon = _json(ledger.meta_get(STATUS_META))
-    running = bool(daemon) and time.time() - float(daemon.get("updated", 0)) < STALE_AFTER
+    running = bool(daemon) and not daemon.get("stopped") and time.time() - float(daemon.get("updated", 0)) < STALE_AFTER
     token = token_state(cfg.auth.token_file)
     return {
         "queue": ledger.counts(),

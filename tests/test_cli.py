@@ -246,7 +246,9 @@ def test_sandbox_command_prints_its_url_first_and_a_token_file_second(tmp_path):
 def test_demo_runs_end_to_end():
     result = daemon115("demo")
     assert result.returncode == 0, result.stderr
-    assert "queued:" in result.stdout and "submitted" in result.stdout
+    for event in ("feed polled", "drop_queued", "drop_failed", "link_submitted", "task_completed", "cleanup_action"):
+        assert event in result.stdout, event
+    assert "5 submitted" in result.stdout and "broken.magnet.error" in result.stdout
 
 
 def test_auth_login_runs_the_device_flow_and_writes_a_usable_token_file(sandbox, tmp_path):
