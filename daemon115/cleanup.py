@@ -277,8 +277,10 @@ def _key(facts: Mapping[str, Facts], task: Task) -> str | None:
 
 def ledger_facts(ledger: Ledger, tasks: Iterable[Task]) -> dict[str, Facts]:
     """Facts for every listed task the daemon submitted, keyed by info hash."""
+    tasks = list(tasks)
     facts: dict[str, Facts] = {}
-    for task, entry in match_tasks(tasks, ledger.entries(OURS)).pairs:
+    ours = ledger.matching([t.info_hash for t in tasks], [t.url for t in tasks], status=OURS)
+    for task, entry in match_tasks(tasks, ours).pairs:
         if task.info_hash and task.info_hash not in facts:
             facts[task.info_hash] = Facts(entry.key, entry.source, entry.task_status, entry.percent,
                                           entry.progress_changed_at, requeues(ledger, entry.key))

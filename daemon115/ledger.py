@@ -631,14 +631,29 @@ class Ledger:
                 found.append(source)
         return found
 
-    def entries(self, status: str | None = None, *, limit: int | None = None) -> list[Entry]:
-        """Rows newest first, optionally of one status."""
+    def entries(self, status: str | None = None, *, limit: int | None = None, present_only: bool = False,
+                submitted_since: float | None = None) -> list[Entry]:
+        """Rows newest first, optionally of one status.
+
+        ``present_only`` leaves out links whose task has gone from the cloud, and ``submitted_since`` links sent
+        before then: the daemon's periodic jobs ask only for what can still change, so their memory does not grow
+        with a ledger that keeps every link forever.
+        """
         if status is not None and status not in STATUSES:
             raise ValueError(f"unknown ledger status {status!r}; expected one of {', '.join(STATUSES)}")
-        sql, params = _SELECT_ENTRY, []
+        sql = _SELECT_ENTRY
+        where: list[str] = []
+        params: list[object] = []
         if status is not None:
-            sql += " WHERE status = ?"
+            where.append("status = ?")
             params.append(status)
+        if present_only:
+            where.append("task_gone_at IS NULL")
+        if submitted_since is not None:
+            where.append("submitted_at >= ?")
+            params.append(submitted_since)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id DESC"
         if limit is not None:
             sql += " LIMIT ?"
@@ -646,6 +661,37 @@ class Ledger:
         with self._read() as db:
             rows = db.execute(sql, params).fetchall()
         return [Entry(*row) for row in rows]
+
+    def matching(self, hashes: Iterable[str], urls: Iterable[str] = (), *, status: str = "submitted") -> list[Entry]:
+        """Links of ``status`` whose info hash (or key) or URL is among those given, newest first.
+
+        For matching a task list against the ledger without reading every link ever recorded.
+        """
+        wanted_hashes = sorted({h for h in hashes if h})
+        wanted_urls = sorted({u for u in urls if u})
+        found: dict[int, Entry] = {}
+        with self._read() as db:
+            for column, values in (("info_hash", wanted_hashes), ("key", wanted_hashes), ("url", wanted_urls)):
+                for start in range(0, len(values), 500):
+                    chunk = values[start:start + 500]
+                    marks = ",".join("?" * len(chunk))
+                    rows = db.execute(f"SELECT links.id, {_ENTRY_COLUMNS} FROM links WHERE status = ? AND "
+                                      f"{column} IN ({marks})", [status, *chunk]).fetchall()
+                    for row in rows:
+                        found.setdefault(row[0], Entry(*row[1:]))
+        return [found[i] for i in sorted(found, reverse=True)]
+
+    def unfinished_since(self, since: float) -> bool:
+        """Is a link submitted at or after ``since`` still without a finished (completed or failed) task?
+
+        One EXISTS query, so the reconciler's pace costs the same for ten links or a million.
+        """
+        with self._read() as db:
+            row = db.execute(
+                "SELECT EXISTS (SELECT 1 FROM links WHERE status = 'submitted' AND submitted_at >= ?"
+                " AND task_gone_at IS NULL AND (task_status IS NULL OR task_status NOT IN (-1, 2)))", (since,),
+            ).fetchone()
+        return bool(row[0])
 
     def counts(self) -> dict[str, int]:
         with self._read() as db:

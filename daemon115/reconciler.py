@@ -141,21 +141,14 @@ def progress_changed(task: Task, entry: Entry) -> bool:
             or (entry.task_status, entry.percent) != (task.status, task.percent))
 
 
-def interval_for(entries: Iterable[Entry], cfg: ReconcileConfig, now: float) -> float:
-    """Fast while a link submitted in the last hour has an unfinished task, else the normal pace."""
-    for entry in entries:
-        recent = entry.submitted_at is not None and now - entry.submitted_at < ACTIVE_WINDOW
-        if recent and entry.task_gone_at is None and entry.task_status not in FINISHED_TASK_STATUSES:
-            return min(cfg.active_every, cfg.every)
-    return cfg.every
-
-
 def ours_index(ledger: Ledger, tasks: Iterable[Task] = ()) -> Mapping[str, str]:
     """info hash -> the source that brought the link, for every task the daemon submitted.
 
     Without ``tasks`` only links whose info hash is known are indexed; with them, tasks are also matched by URL.
     """
-    entries = ledger.entries(OURS)  # newest first: an older link with the same hash does not override
+    tasks = list(tasks)
+    entries = ledger.matching([t.info_hash for t in tasks], [t.url for t in tasks]) if tasks \
+        else ledger.entries(OURS)  # newest first: an older link with the same hash does not override
     index: dict[str, str] = {}
     for entry in entries:
         info_hash = entry_hash(entry)
@@ -185,8 +178,9 @@ class Reconciler:
         Links are read before the list, so every one of them was accepted before the list was: a link the list
         does not show has really gone, not merely arrived after the read (only when the list is complete).
         """
-        entries = self.ledger.entries(OURS)
+        entries = self.ledger.entries(OURS, present_only=True)
         listing = read_task_list(self.client, max_pages=self.max_pages)
+        entries += self._returned(listing.tasks, {e.key for e in entries})
         match = match_tasks(listing.tasks, entries)
         self.ledger.record_tasks([task_update(task, entry) for task, entry in match.pairs])
         self._announce_finished(match.pairs)
@@ -198,9 +192,16 @@ class Reconciler:
         self._emit(report)
         return report
 
+    def _returned(self, tasks: Sequence[Task], known: set[str]) -> list[Entry]:
+        """Links of ours noted gone whose task is listed again (only those are read, not every gone link)."""
+        return [e for e in self.ledger.matching([t.info_hash for t in tasks], [t.url for t in tasks])
+                if e.key not in known]
+
     def next_interval(self, cfg: ReconcileConfig) -> float:
         """Seconds until the next run should start."""
-        return interval_for(self.ledger.entries(OURS), cfg, self._clock())
+        if self.ledger.unfinished_since(self._clock() - ACTIVE_WINDOW):
+            return min(cfg.active_every, cfg.every)
+        return cfg.every
 
     def _announce_finished(self, pairs: Sequence[tuple[Task, Entry]]) -> None:
         """One event when a task of ours completes or fails in the cloud (notifications listen for these)."""

@@ -963,3 +963,26 @@ def test_two_processes_open_a_fresh_file_and_write_at_once_without_lock_errors(p
 
     assert [p.exitcode for p in processes] == [0, 0]
     _check_after_workers(path, 2, 150)
+
+
+def test_matching_finds_submitted_links_by_hash_key_or_url_without_reading_the_rest(ledger: Ledger) -> None:
+    ledger.record([candidate(n) for n in range(1, 6)])
+    batch = ledger.claim_batch("0", 5)
+    assert batch is not None
+    for entry in batch.entries[:4]:
+        ledger.mark_submitted(entry.key, info_hash=None, answer={}, batch_id=batch.batch_id)
+    found = ledger.matching([f"{1:040x}", f"{2:040x}", f"{5:040x}", "f" * 40], [batch.entries[2].url])
+    assert sorted(e.key for e in found) == sorted([f"{1:040x}", f"{2:040x}", batch.entries[2].key])  # 5 not submitted
+    assert ledger.matching([]) == []
+
+
+def test_entries_can_leave_out_gone_tasks_and_old_submissions(ledger: Ledger, clock: Clock) -> None:
+    ledger.record([candidate(1), candidate(2)])
+    batch = ledger.claim_batch("0", 2)
+    assert batch is not None
+    ledger.mark_submitted(batch.entries[0].key, info_hash=None, answer={}, batch_id=batch.batch_id)
+    clock.advance(7200)
+    ledger.mark_submitted(batch.entries[1].key, info_hash=None, answer={}, batch_id=batch.batch_id)
+    ledger.mark_task_gone(batch.entries[1].key)
+    assert [e.key for e in ledger.entries("submitted", present_only=True)] == [batch.entries[0].key]
+    assert [e.key for e in ledger.entries("submitted", submitted_since=clock() - 3600)] == [batch.entries[1].key]
