@@ -723,7 +723,7 @@ class Pending:
 
     folder: str  # the watch folder's path, as a key
     writing: bool = False  # written to and not yet closed (inotify only)
-    closed: bool = False  # the kernel said the writer closed it, or it was renamed in (inotify only)
+    closed: bool = False  # closed after writing, renamed in, or created and not written to since (inotify only)
     signature: tuple[int, ...] = ()
     held_since: float = 0.0  # monotonic time since which the signature has not changed
     not_before: float = 0.0  # monotonic: a retry waits until then
@@ -860,7 +860,9 @@ class WatchSource:
         """A watched file was seen: "created", "modified", "closed", "moved", "scan" or "poll"."""
         with self._changed:
             entry = self._pending.get(path)
-            closed = event in ("closed", "moved")
+            # watchdog reports a rename-in it could not pair as "created"; a writer that goes on writing after
+            # creating the name sends "modified", which holds the file until it is closed
+            closed = event in ("closed", "moved", "created")
             if entry is None or entry.folder != folder_key:
                 entry = Pending(folder_key, writing=event == "modified", closed=closed)
             elif event == "modified":
