@@ -17,7 +17,7 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     fsynced, renamed over the target, and the directory is fsynced so the rename survives a crash.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         os.fchmod(fd, mode)
@@ -33,6 +33,21 @@ def atomic_write(path: Path, data: bytes, *, mode: int = 0o600) -> None:
             pass
         raise
     fsync_dir(path.parent)
+
+
+def make_private_dirs(directory: Path) -> None:
+    """Create missing folders as 0700 whatever the umask: a folder others can write lets them swap the file in it."""
+    missing = []
+    for folder in (Path(directory), *Path(directory).parents):
+        if folder.exists():
+            break
+        missing.append(folder)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:
+            continue
+        os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask; chmod's is not
 
 
 def fsync_dir(directory: Path) -> None:
@@ -52,7 +67,7 @@ def file_lock(path: Path) -> Iterator[None]:
     lock held on them.
     """
     lock_path = Path(str(path) + ".lock")
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(lock_path.parent)
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

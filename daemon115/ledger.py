@@ -20,6 +20,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Literal, Mapping, Sequence
 
+from daemon115.fsutil import make_private_dirs
+
 STATUSES = ("queued", "submitting", "submitted", "failed")
 FINISHED = ("submitted", "failed")
 TASK_STATUS_NAMES = {-1: "failed", 0: "queued", 1: "downloading", 2: "completed"}
@@ -821,7 +823,7 @@ class Ledger:
 
 def _create_private_file(path: Path) -> None:
     """Create the database file owner-only before SQLite opens it; its -wal and -shm inherit the mode."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
 
 
