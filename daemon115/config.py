@@ -348,6 +348,8 @@ def _show(value: object) -> str:
         return {None: "null", True: "true", False: "false"}[value]
     if isinstance(value, str):
         return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, int) and abs(value) >= 10**30:
+        return "a number too large"  # repr() refuses ints past 4300 digits (and 0x... in YAML has no such limit)
     if isinstance(value, (int, float)):
         return repr(value)
     return _kind(value)
@@ -369,7 +371,7 @@ def _integer(low: int | None = None, high: int | None = None, why: str = "") -> 
             raise ValueError(f"expected an integer, got {_show(value)}")
         if (low is not None and value < low) or (high is not None and value > high):
             bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise ValueError(f"must be {bounds}{why}, got {value}")
+            raise ValueError(f"must be {bounds}{why}, got {_show(value)}")
         return value
     return convert
 
@@ -820,6 +822,59 @@ def _config(data: Any, problems: list[Problem], to_path: Callable[[Any], Path], 
         source=source)
 
 
+# --- reading YAML safely -----------------------------------------------------------------------------------------
+
+MAX_DEPTH = 50  # levels of nesting; a real config has about 5, and PyYAML's composer recurses once per level
+MAX_VALUES = 100_000  # values after alias expansion; a real config has a few hundred
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader whose constructors fail as YAML errors with a position, not as ValueError or OverflowError
+    (a 5000-digit integer is past Python's int() limit; ``2024-13-45`` is a timestamp with no such date)."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as exc:
+            kind = node.tag.rsplit(":", 1)[-1]
+            why = "too many digits" if "digits" in str(exc) else "out of range"
+            raise yaml.constructor.ConstructorError(None, None, f"unreadable {kind} ({why})", node.start_mark) from None
+
+
+def _check_shape(text: str) -> None:
+    """Refuse documents too deep for the composer or whose aliases expand past MAX_VALUES (a "billion laughs"),
+    walking PyYAML's event stream, which is iterative and does no expansion, before anything is built."""
+    sizes: dict[str, int] = {}  # anchor -> values it expands to, once its node is complete
+    open_nodes: list[tuple[str | None, int]] = []  # (anchor, values so far) of each collection being read
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            if len(open_nodes) >= MAX_DEPTH:
+                _refuse(event, f"nested more than {MAX_DEPTH} levels deep")
+            open_nodes.append((event.anchor, 1))
+            continue
+        if isinstance(event, yaml.CollectionEndEvent):
+            anchor, size = open_nodes.pop()
+        elif isinstance(event, yaml.AliasEvent):
+            if event.anchor not in sizes:
+                _refuse(event, f"alias *{event.anchor} refers to a node that contains it (or to no anchor)")
+            anchor, size = None, sizes[event.anchor]
+        elif isinstance(event, yaml.ScalarEvent):
+            anchor, size = event.anchor, 1
+        else:
+            continue
+        if anchor is not None:
+            sizes[anchor] = size
+        if open_nodes:
+            open_anchor, open_size = open_nodes[-1]
+            open_nodes[-1] = (open_anchor, open_size + size)
+            if open_size + size > MAX_VALUES:
+                _refuse(event, f"too many aliases: they expand to more than {MAX_VALUES} values")
+
+
+def _refuse(event: yaml.Event, why: str) -> None:
+    raise yaml.composer.ComposerError(None, None, why, event.start_mark)
+
+
 # --- ${VAR} expansion and document order --------------------------------------------------------------------------
 
 _ENV_REF = re.compile(r"\$\$(?=\{)|\$\{([^}]*)(\})?")
@@ -932,13 +987,23 @@ def load(path: Path | None = None, *, env: Mapping[str, str] | None = None, must
     return loads(text, env=env, source=str(path), base_dir=path.parent)
 
 
+def _safe_load(text: str) -> Any:
+    """yaml.safe_load with _Loader (a SafeLoader that turns unreadable scalars into marked errors)."""
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def loads(text: str, *, env: Mapping[str, str] | None = None, source: str = "<string>",
           base_dir: Path | None = None) -> Config:
     """Parse config text; relative paths in it are taken from ``base_dir`` (the config file's folder)."""
     env = os.environ if env is None else env
     problems: list[Problem] = []
     try:
-        data = yaml.safe_load(text)
+        _check_shape(text)
+        data = _safe_load(text)
         positions = _scan(text, problems)
     except yaml.MarkedYAMLError as exc:
         raise ConfigError([_yaml_problem(exc, source)]) from None

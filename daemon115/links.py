@@ -49,7 +49,8 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _INDEXED_KEY = re.compile(r"(xt|tr)(?:\.\d+)?")
-_TRACKER = re.compile(r"(?:https?|udp|wss?)://[^\s\x00-\x1f\x7f/?#<>\"\\]+[^\s\x00-\x1f\x7f<>\"]*", re.IGNORECASE)
+# the host's first character, then anything printable: one way to split, so a failing fullmatch stays linear
+_TRACKER = re.compile(r"(?:https?|udp|wss?)://[^\s\x00-\x1f\x7f/?#<>\"\\][^\s\x00-\x1f\x7f<>\"]*", re.IGNORECASE)
 _DEFAULT_PORTS = {"http": 80, "https": 443, "ftp": 21}
 _WHITESPACE = b" \t\r\n"
 

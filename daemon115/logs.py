@@ -1,7 +1,8 @@
 """structlog configuration, and the redaction every log line passes through.
 
 Secrets are removed twice: by key (anything named like a token, cookie or Authorization header) and by value (a
-Bearer header or a known secret embedded in a free-text message), so a careless log call cannot leak one.
+Bearer header, a known secret, or a URL query parameter named like a passkey or token embedded in a free-text
+message, as requests puts them in its exception text), so a careless log call cannot leak one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import structlog
 
 SECRET_KEY = re.compile(r"token|authorization|cookie|secret|password|passkey|api_?key", re.IGNORECASE)
 BEARER = re.compile(r"(Bearer\s+)[^\s\"',;]+", re.IGNORECASE)
+QUERY_PARAM = re.compile(r"([?&;])([\w.\-]{1,64})=([^&;\s#\"'<>]*)")  # bounded name: linear on any text
+SECRET_PARAM = re.compile(r"pass|token|key|auth|sig|secret|session|sid|uid|cookie", re.IGNORECASE)
 REDACTED = "<redacted>"
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -32,6 +35,7 @@ class Redactor:
     def scrub(self, value: Any) -> Any:
         if isinstance(value, str):
             value = BEARER.sub(r"\1" + REDACTED, value)
+            value = QUERY_PARAM.sub(_redact_secret_param, value) if "=" in value else value
             for secret in self._secrets:
                 if secret in value:
                     value = value.replace(secret, REDACTED)
@@ -46,6 +50,11 @@ class Redactor:
         for key in list(event):
             event[key] = REDACTED if _is_secret_key(key) else self.scrub(event[key])
         return event
+
+
+def _redact_secret_param(match: re.Match[str]) -> str:
+    sign, name, value = match.groups()
+    return f"{sign}{name}={REDACTED}" if value and SECRET_PARAM.search(name) else match.group(0)
 
 
 def _is_secret_key(key: object) -> bool:

@@ -79,7 +79,7 @@ class Delivery:
 
 def compose(event: str, fields: Mapping[str, Any], at: float, scrub: Callable[[Any], Any] | None = None) -> Note:
     """A short, mostly bilingual message; ``fields`` go through ``scrub`` (a log Redactor's) and lose URL secrets."""
-    safe = _safe((scrub or Redactor().scrub)(_jsonable(dict(fields))))
+    safe = (scrub or Redactor().scrub)(_safe(_jsonable(dict(fields))))  # cut URLs first, then redact the rest
     subject = _subject(safe)
     title = TITLES.get(event, event)
     if event == "authorization_needed":

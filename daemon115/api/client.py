@@ -29,7 +29,7 @@ from daemon115.api.models import (
     as_object,
     as_str,
 )
-from daemon115.api.transport import CallBudget, CircuitBreaker, Pacing, Transport, is_success
+from daemon115.api.transport import CallBudget, CircuitBreaker, Pacing, Transport, is_success, json_or_none
 
 MAX_URLS_PER_CALL = 115
 SUPERSEDED = 40140126
@@ -122,10 +122,7 @@ class Passport:
             return QrStatus(QR_WAITING, "")
         except requests.RequestException as exc:
             raise TransientError(None, f"request failed: {type(exc).__name__}", STATUS_PATH) from None
-        try:
-            body = response.json()
-        except ValueError:
-            body = None
+        body = json_or_none(response)
         if not isinstance(body, dict):
             raise TransientError(None, f"HTTP {response.status_code} with a body that is not a JSON object",
                                  STATUS_PATH)

@@ -224,7 +224,8 @@ def parse_code(raw: object) -> int | None:
     if isinstance(raw, str):
         text = raw.strip()
         digits = text[1:] if text[:1] in "+-" else text
-        return int(text) if digits.isdecimal() and digits.isascii() else None
+        # a longer digit string is no code, and past 4300 digits int() would raise
+        return int(text) if digits.isdecimal() and digits.isascii() and len(digits) <= 20 else None
     return None
 
 

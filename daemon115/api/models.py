@@ -7,6 +7,7 @@ them into one stable representation; ids stay strings because they exceed float 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,37 +15,45 @@ from typing import Any
 TASK_STATUS_NAMES = {-1: "failed", 0: "queued", 1: "downloading", 2: "completed"}
 
 
+def _number(text: str) -> int | float | None:
+    """A numeric string as an int when it is one, else a float; digit strings past Python's int-conversion limit fall
+    through to float, which reads them as infinity instead of raising."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def as_int(value: object, default: int = 0) -> int:
+    """Infinities, NaN and unreadable text give ``default``: no real 115 field holds them."""
     if isinstance(value, bool):
         return int(value)
+    if isinstance(value, str):
+        value = _number(value.strip())
     if isinstance(value, int):
         return value
-    if isinstance(value, float):
+    if isinstance(value, float) and math.isfinite(value):
         return int(value)
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            return int(text)
-        except ValueError:
-            try:
-                return int(float(text))
-            except ValueError:
-                return default
     return default
 
 
 def as_optional_float(value: object) -> float | None:
-    """percentDone: int, float, numeric string, empty string or null."""
+    """percentDone: int, float, numeric string, empty string or null; a non-finite percent means nothing."""
     if value is None or isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
-        return float(value)
     if isinstance(value, str):
-        try:
-            return float(value.strip())
-        except ValueError:
-            return None
-    return None
+        value = _number(value.strip())
+    if not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int too large for a float
+        return None
+    return number if math.isfinite(number) else None
 
 
 def as_id(value: object) -> str:

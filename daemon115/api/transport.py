@@ -250,10 +250,7 @@ class Transport:
 
 def _parse_body(response: requests.Response, endpoint: str) -> dict[str, Any]:
     status = response.status_code
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
+    body = json_or_none(response)
     if isinstance(body, dict):
         return body
     kind = "an HTML page" if "<html" in response.text[:512].lower() else "a body that is not a JSON object"
@@ -261,6 +258,14 @@ def _parse_body(response: requests.Response, endpoint: str) -> dict[str, Any]:
         # nginx "405 Not Allowed": deep paging or risk control (api-notes.md §2.4, §5); treated as a rate limit.
         raise RateLimited(None, f"HTTP 405 with {kind} (115's risk control)", endpoint)
     raise TransientError(None, f"HTTP {status} with {kind}", endpoint)
+
+
+def json_or_none(response: requests.Response) -> object:
+    """The parsed body, or None when it is no JSON: malformed, or nested too deep for the parser (RecursionError)."""
+    try:
+        return response.json()
+    except (ValueError, RecursionError):
+        return None
 
 
 def is_success(body: Mapping[str, Any]) -> bool:

@@ -30,7 +30,7 @@ _LEADING_GROUPS = re.compile(r"^\s*((?:[\[【(\uff08][^\]】)\uff09]*[\]】)\uff
 _DECORATION = re.compile(r"★[^★]*★")  # "★04月新番★": a season banner, not part of the name
 _GROUP = re.compile(r"[\[【(\uff08]([^\]】)\uff09]*)[\]】)\uff09]")
 _SEASON_SUFFIX = re.compile(
-    r"(?:\bS(\d{1,2})|\bSeason\s*(\d{1,2})|\b(\d{1,2})(?:st|nd|rd|th)\s+Season|第\s*([0-9一二三四五六七八九十]+)\s*[季期])\s*$",
+    r"(?:\bS(\d{1,2})|\bSeason\s*(\d{1,2})|\b(\d{1,2})(?:st|nd|rd|th)\s+Season|第\s*([0-9一二三四五六七八九十]{1,3})\s*[季期])\s*$",
     re.IGNORECASE,
 )
 _REPACK_WORD = re.compile(r"(?<![A-Za-z])(?:proper|repack|rerip)(?![A-Za-z])", re.IGNORECASE)

@@ -108,8 +108,11 @@ _DOCTYPE = re.compile(rb"<!DOCTYPE", re.IGNORECASE)
 _MAGNET_IN_TEXT = re.compile(r"magnet:\?[^\s\"'<>]+", re.IGNORECASE)
 _HASH_SEGMENT = re.compile(r"/([0-9a-fA-F]{40})(?:\.torrent)?(?=/|$)")
 _TORRENTISH = re.compile(r"\.torrent(?:$|[?#&])|download", re.IGNORECASE)
-_SIZE_TEXT = re.compile(r"(\d+(?:[.,]\d+)?)\s*([KMGT])(i?)B(?![A-Za-z])", re.IGNORECASE)
-_SEEDERS_TEXT = re.compile(r"(\d+)\s*seeders?\b|\bseed(?:er)?s?\s*:\s*(\d+)", re.IGNORECASE)
+# numbers start only where no digit precedes and have bounded length: a run of digits with no unit after it is
+# tried once, not from each of its digits (quadratic), and no size overflows a float
+_SIZE_TEXT = re.compile(r"(?<![\d.,])(\d{1,15}(?:[.,]\d{1,15})?)\s*([KMGT])(i?)B(?![A-Za-z])", re.IGNORECASE)
+_SEEDERS_TEXT = re.compile(r"(?<!\d)(\d{1,9})\s*seeders?\b|\bseed(?:er)?s?\s*:\s*(\d{1,9})(?!\d)", re.IGNORECASE)
+_MAX_DIGITS = 18  # a size or count longer than this is nonsense, and int() refuses past 4300 digits
 _ERRNO = re.compile(r"\[Errno -?\d+\] ([^'\")\]]+)")
 _UNITS: Mapping[str, int] = MappingProxyType({"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4})
 _FIELDS: Mapping[str, str] = MappingProxyType({  # local element name -> the field it gives
@@ -306,7 +309,7 @@ _SUMMARY = ("description", "summary", "content")
 
 def _etree_entries(text: str) -> list[dict[str, Any]] | None:
     """The items of a well-formed feed as the same kind of dict feedparser gives; None when the document is not
-    well-formed or not RSS/Atom (feedparser then reads it and says what is wrong)."""
+    well-formed, not RSS/Atom or nested too deep to serialize (feedparser then reads it)."""
     try:
         root = ElementTree.fromstring(text.lstrip("\ufeff"))
     except ElementTree.ParseError:
@@ -320,7 +323,10 @@ def _etree_entries(text: str) -> list[dict[str, Any]] | None:
         items = root.iter(root.tag[:-4] + "entry")
     else:
         return None
-    return [_etree_entry(item) for item in items]
+    try:
+        return [_etree_entry(item) for item in items]
+    except RecursionError:  # ElementTree.tostring of markup nested thousands deep; feedparser keeps a list
+        return None
 
 
 def _etree_entry(item: ElementTree.Element) -> dict[str, Any]:
@@ -621,7 +627,7 @@ def _seeders(attrs: Mapping[str, str], fields: Mapping[str, str], description: s
 
 def _int(text: str) -> int | None:
     text = text.strip()
-    return int(text) if text.isdigit() and text.isascii() else None
+    return int(text) if text.isdigit() and text.isascii() and len(text) <= _MAX_DIGITS else None
 
 
 def _published(raw: Mapping[str, Any]) -> float | None:
@@ -840,13 +846,28 @@ def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isdigit():  # "¹".isdigit() too: only ASCII digits are seconds, and a day is the most waited
+        return min(float(value), BACKOFF_MAX) if value.isascii() else None
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return max(0.0, when.timestamp() - now)
+
+
+def _join(url: str, location: str, what: str) -> str:
+    try:
+        return urljoin(url, location)
+    except ValueError:  # "http://[broken/..."
+        raise FeedError(f"{what} redirects to a URL that does not parse") from None
+
+
+def _declared_length(headers: Mapping[str, str]) -> int | None:
+    """Content-Length as a number; a run of digits too long to be one is more than any cap."""
+    text = (headers.get("Content-Length") or "").strip()
+    if not (text.isascii() and text.isdigit()):
+        return None
+    return int(text) if len(text) <= _MAX_DIGITS else 10**_MAX_DIGITS
 
 
 def _request_error(error: requests.RequestException, url: str, timeout: float) -> FeedError:
@@ -1147,7 +1168,7 @@ class FeedPoller:
                     location = location.strip()
                     if location[:7].lower() == "magnet:":
                         return parse_magnet(location)
-                    url = urljoin(url, location)
+                    url = _join(url, location, "the download link")
                     if not _is_http(url):
                         raise FeedError("the download link redirects to something that is not http(s) or magnet")
                     continue
@@ -1176,7 +1197,7 @@ class FeedPoller:
             try:
                 if response.is_redirect and response.headers.get("Location"):
                     location = response.headers["Location"].strip()
-                    url = urljoin(url, location)
+                    url = _join(url, location, "the feed")
                     if not _is_http(url):
                         raise FeedError("the feed redirects to something that is not an http(s) URL")
                     continue
@@ -1205,12 +1226,14 @@ class FeedPoller:
                                          timeout=feed.timeout, stream=stream, allow_redirects=False)
             except requests.RequestException as error:
                 raise _request_error(error, url, feed.timeout) from None
+            except ValueError:  # urllib's "Invalid IPv6 URL", from inside requests
+                raise FeedError("the URL is not a valid http(s) URL") from None
 
     def _read_capped(self, response: requests.Response, cap: int, timeout: float, what: str) -> bytes:
         """The body, decompressed, refused past ``cap`` bytes (a gzip bomb stops there) or ``timeout`` seconds."""
-        declared = response.headers.get("Content-Length", "")
-        if declared.isdigit() and not response.headers.get("Content-Encoding") and int(declared) > cap:
-            raise FeedError(f"{what} is {format_size(int(declared))}, above the cap of {format_size(cap)}")
+        declared = _declared_length(response.headers)
+        if declared is not None and not response.headers.get("Content-Encoding") and declared > cap:
+            raise FeedError(f"{what} is {format_size(declared)}, above the cap of {format_size(cap)}")
         deadline = time.monotonic() + timeout
         chunks: list[bytes] = []
         total = 0

@@ -354,7 +354,7 @@ class Resolver:
                 with self._get(url) as response:
                     location = response.headers.get("Location")
                     if response.status_code in _REDIRECTS and location:
-                        target = urljoin(url, location.strip())
+                        target = _redirect_target(url, location)
                         if urlsplit(target).scheme.lower() not in ("http", "https"):
                             return _redirected_link(url, target)
                         url = target
@@ -373,6 +373,8 @@ class Resolver:
                               "the file stays and is tried again") from exc
         except requests.RequestException as exc:
             raise LinkError(f"{safe_url(url)} cannot be fetched: {type(exc).__name__}") from exc
+        except ValueError as exc:  # urllib's "Invalid IPv6 URL", from inside requests
+            raise LinkError(f"{safe_url(url)} is not a URL that can be fetched") from exc
 
     def _served_torrent(self, response: requests.Response, url: str) -> Link | None:
         """The magnet of a torrent body; None for any other body (a direct download 115 can fetch itself)."""
@@ -397,6 +399,15 @@ class Resolver:
             raise LinkError(f"{safe_url(url)} serves a broken torrent: {exc.reason}") from exc
 
 
+def _redirect_target(url: str, location: str) -> str:
+    try:
+        target = urljoin(url, location.strip())
+        urlsplit(target)
+    except ValueError:  # "http://[broken/..."
+        raise LinkError(f"{safe_url(url)} redirects to a URL that does not parse") from None
+    return target
+
+
 def _redirected_link(url: str, target: str) -> Link:
     try:
         return parse_link(target)
@@ -413,7 +424,10 @@ def _check_status(status: int, url: str) -> None:
 
 def safe_url(url: str) -> str:
     """scheme://host/path, without user info or query (where private trackers keep passkeys)."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "a URL that does not parse"
     host = parts.netloc.rpartition("@")[2]
     return f"{parts.scheme}://{host}{parts.path}" + ("?…" if parts.query else "")
 
@@ -560,8 +574,7 @@ def move_aside(path: Path, folder: WatchFolder, bucket: str, error: str | None =
     The .error file is written first: a crash between the two leaves the drop in place (read again later),
     never a file in .failed/ without its reason.
     """
-    directory = Path(folder.path, bucket, *subfolder_of(folder, path))
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = _real_directory(Path(folder.path), (bucket, *subfolder_of(folder, path)))
     for number in range(100_000):
         name = numbered(path.name, number)
         destination = directory / name
@@ -583,6 +596,21 @@ def move_aside(path: Path, folder: WatchFolder, bucket: str, error: str | None =
             raise
         return destination
     raise OSError(errno.EEXIST, f"no free name for {path.name} in {directory}")
+
+
+def _real_directory(root: Path, parts: tuple[str, ...]) -> Path:
+    """``root/parts...``, made where missing; OSError when any part is a symlink or not a folder, so a
+    ``.done`` planted as a symlink never takes a drop (or its .error) out of the watch folder."""
+    directory = root
+    for part in parts:
+        directory = directory / part
+        try:
+            directory.mkdir()
+        except FileExistsError:
+            pass
+        if not stat.S_ISDIR(os.lstat(directory).st_mode):
+            raise OSError(errno.ENOTDIR, f"{directory.relative_to(root)} is a symlink or not a folder")
+    return directory
 
 
 def numbered(name: str, number: int) -> str:
