@@ -23,6 +23,7 @@ from daemon115.ledger import Batch, Entry, Ledger
 
 QUOTA_EXHAUSTED = frozenset({1000012, 10007, 10010})
 FOLDER_GONE = 430004
+UNVERIFIED = "outcome unknown"  # requeue reason of links whose last send may still land at 115
 NO_SPACE = 91006
 PAUSE_META = "submit.pause"
 
@@ -140,7 +141,11 @@ class Submitter:
         folder_id = self._folder_of(batch, report)
         if folder_id is None:
             return report.unreachable is None
-        urls = [e.url for e in batch.entries]
+        entries = self._still_missing(batch.entries, report)
+        if not entries:
+            return True
+        batch = Batch(batch.batch_id, batch.target, tuple(entries))
+        urls = [e.url for e in entries]
         report.calls += 1
         self._emit("batch_sending", batch_id=batch.batch_id, target=batch.target, links=len(urls))
         try:
@@ -148,7 +153,7 @@ class Submitter:
         except OutcomeUnknown as exc:
             report.errors.append(str(exc))
             report.unreachable = str(exc)
-            self._settle_unknown(list(batch.entries), reason=f"answer lost: {exc.server_message}")
+            self._settle_unknown(entries, reason=f"answer lost: {exc.server_message}")
             return False
         except AuthorizationNeeded as exc:
             self._release(batch, reason="authorization needed", delay=0.0, charge=False)
@@ -162,10 +167,28 @@ class Submitter:
                 return True
             return self._whole_call_failed(batch, exc, report)
         if folder_id != batch.target:
-            self.ledger.record_target(batch.keys, folder_id=folder_id, path=batch.target)
-        for entry, result in zip(batch.entries, results):
+            self.ledger.record_target([e.key for e in entries], folder_id=folder_id, path=batch.target)
+        for entry, result in zip(entries, results):
             self._settle(entry, result, batch.batch_id, report)
         return report.paused is None
+
+    def _still_missing(self, entries: Sequence[Entry], report: DrainReport) -> list[Entry]:
+        """Links whose earlier send may have landed late are looked up once more; only the missing are sent."""
+        if not any((e.reason or "").startswith(UNVERIFIED) for e in entries):
+            return list(entries)
+        by_hash, by_url = self._cloud_index()
+        missing = []
+        for entry in entries:
+            task = (by_hash.get(entry.info_hash) if entry.info_hash else None) or by_url.get(entry.url)
+            if task is None:
+                missing.append(entry)
+                continue
+            if not entry.target.isdigit() and task.wp_path_id:
+                self.ledger.record_target([entry.key], folder_id=task.wp_path_id, path=entry.target)
+            self.ledger.mark_submitted(entry.key, info_hash=task.info_hash, batch_id=entry.batch_id,
+                                       answer={"found_in_task_list": True, "reason": "landed after a lost answer"})
+            report.submitted += 1
+        return missing
 
     def _folder_of(self, batch: Batch, report: DrainReport) -> str | None:
         """The folder id for the batch's target; None when it cannot be had now (the batch is settled here)."""
@@ -260,13 +283,15 @@ class Submitter:
         for entry in entries:
             task = (by_hash.get(entry.info_hash) if entry.info_hash else None) or by_url.get(entry.url)
             if task is not None:
+                if not entry.target.isdigit() and task.wp_path_id:  # a path target: keep the id 115 used
+                    self.ledger.record_target([entry.key], folder_id=task.wp_path_id, path=entry.target)
                 self.ledger.mark_submitted(entry.key, info_hash=task.info_hash, batch_id=entry.batch_id,
                                            answer={"found_in_task_list": True, "reason": reason})
                 found += 1
             else:
                 # 115 may still be working on a request whose answer we lost; sending again at once could race it
                 self.ledger.requeue(entry.key, delay=self.policy.unknown_grace,
-                                    reason=f"{reason}; not in the task list", charge=False)
+                                    reason=f"{UNVERIFIED}: {reason}; not in the task list", charge=False)
         return found
 
     def _cloud_index(self) -> tuple[dict[str, Task], dict[str, Task]]:

@@ -153,7 +153,8 @@ class TokenStore:
     def after_superseded(self, used: str) -> str:
         """40140126: a newer grant exists, so the newer pair should be on disk; refreshing ours would only kill it."""
         with self._lock:
-            tokens = self._reload()
+            with file_lock(self.path):  # a refresh in progress elsewhere holds it until the new pair is on disk
+                tokens = self._reload()
             if tokens.access_token != used:
                 return tokens.access_token
             raise AuthorizationNeeded(40140126, "115 says a newer authorization replaced this one, and the token "

@@ -25,7 +25,8 @@ from daemon115.api.errors import (
     parse_code,
 )
 
-CHINA = timezone(timedelta(hours=8))  # 115's day, for the daily budget
+CHINA = timezone(timedelta(hours=8))
+TASK_LIST = "/open/offline/get_task_list"  # 115's day, for the daily budget
 
 
 class OutcomeUnknown(TransientError):
@@ -232,14 +233,18 @@ class Transport:
         except requests.RequestException as exc:
             self.breaker.record_failure()
             raise TransientError(None, f"request failed: {type(exc).__name__}", endpoint) from None
-        return self._judge(response, endpoint)
+        deep_page = endpoint == TASK_LIST and str((params or {}).get("page", "1")) not in ("1", "")
+        return self._judge(response, endpoint, deep_page)
 
-    def _judge(self, response: requests.Response, endpoint: str) -> dict[str, Any]:
+    def _judge(self, response: requests.Response, endpoint: str, deep_page: bool = False) -> dict[str, Any]:
         try:
             body = _parse_body(response, endpoint)
             check_envelope(body, endpoint)
         except RateLimited:
-            self.breaker.trip()
+            if response.status_code == 405 and deep_page:
+                self.breaker.record_failure()  # 115 refuses deep task-list pages; that is no account-wide limit
+            else:
+                self.breaker.trip()
             raise
         except Api115Error:
             self.breaker.record_failure()
@@ -255,7 +260,7 @@ def _parse_body(response: requests.Response, endpoint: str) -> dict[str, Any]:
         return body
     kind = "an HTML page" if "<html" in response.text[:512].lower() else "a body that is not a JSON object"
     if status == 405:
-        # nginx "405 Not Allowed": deep paging or risk control (api-notes.md §2.4, §5); treated as a rate limit.
+        # nginx "405 Not Allowed": deep paging or risk control (api-notes.md §2.4, §5)
         raise RateLimited(None, f"HTTP 405 with {kind} (115's risk control)", endpoint)
     raise TransientError(None, f"HTTP {status} with {kind}", endpoint)
 
