@@ -176,18 +176,15 @@ class Submitter:
         """Links whose earlier send may have landed late are looked up once more; only the missing are sent."""
         if not any((e.reason or "").startswith(UNVERIFIED) for e in entries):
             return list(entries)
-        by_hash, by_url = self._cloud_index()
+        index = self._cloud_index()
         missing = []
         for entry in entries:
-            task = (by_hash.get(entry.info_hash) if entry.info_hash else None) or by_url.get(entry.url)
+            task = _task_of(entry, *index)
             if task is None:
                 missing.append(entry)
-                continue
-            if not entry.target.isdigit() and task.wp_path_id:
-                self.ledger.record_target([entry.key], folder_id=task.wp_path_id, path=entry.target)
-            self.ledger.mark_submitted(entry.key, info_hash=task.info_hash, batch_id=entry.batch_id,
-                                       answer={"found_in_task_list": True, "reason": "landed after a lost answer"})
-            report.submitted += 1
+            else:
+                self._found_in_cloud(entry, task, "landed after a lost answer")
+                report.submitted += 1
         return missing
 
     def _folder_of(self, batch: Batch, report: DrainReport) -> str | None:
@@ -278,21 +275,24 @@ class Submitter:
     # --- unknown outcomes ----------------------------------------------------------------------------------------
     def _settle_unknown(self, entries: Sequence[Entry], *, reason: str) -> int:
         """Look each link up in the task list; what is there is submitted, the rest goes back to the queue."""
-        by_hash, by_url = self._cloud_index()
+        index = self._cloud_index()
         found = 0
         for entry in entries:
-            task = (by_hash.get(entry.info_hash) if entry.info_hash else None) or by_url.get(entry.url)
+            task = _task_of(entry, *index)
             if task is not None:
-                if not entry.target.isdigit() and task.wp_path_id:  # a path target: keep the id 115 used
-                    self.ledger.record_target([entry.key], folder_id=task.wp_path_id, path=entry.target)
-                self.ledger.mark_submitted(entry.key, info_hash=task.info_hash, batch_id=entry.batch_id,
-                                           answer={"found_in_task_list": True, "reason": reason})
+                self._found_in_cloud(entry, task, reason)
                 found += 1
             else:
                 # 115 may still be working on a request whose answer we lost; sending again at once could race it
                 self.ledger.requeue(entry.key, delay=self.policy.unknown_grace,
                                     reason=f"{UNVERIFIED}: {reason}; not in the task list", charge=False)
         return found
+
+    def _found_in_cloud(self, entry: Entry, task: Task, reason: str) -> None:
+        if not entry.target.isdigit() and task.wp_path_id:  # a path target: keep the id 115 used
+            self.ledger.record_target([entry.key], folder_id=task.wp_path_id, path=entry.target)
+        self.ledger.mark_submitted(entry.key, info_hash=task.info_hash, batch_id=entry.batch_id,
+                                   answer={"found_in_task_list": True, "reason": reason})
 
     def _cloud_index(self) -> tuple[dict[str, Task], dict[str, Task]]:
         by_hash: dict[str, Task] = {}
@@ -357,6 +357,10 @@ class Submitter:
     def _emit(self, event: str, **fields: object) -> None:
         if self._log is not None:
             self._log.info(event, **fields)
+
+
+def _task_of(entry: Entry, by_hash: dict[str, Task], by_url: dict[str, Task]) -> Task | None:
+    return (by_hash.get(entry.info_hash) if entry.info_hash else None) or by_url.get(entry.url)
 
 
 def _kind(code: int) -> Kind:
