@@ -173,8 +173,11 @@ class Submitter:
         return report.paused is None
 
     def _still_missing(self, entries: Sequence[Entry], report: DrainReport) -> list[Entry]:
-        """Links whose earlier send may have landed late are looked up once more; only the missing are sent."""
-        if not any((e.reason or "").startswith(UNVERIFIED) for e in entries):
+        """Links sent before (requeued for any reason) are looked up once more; only the missing are sent.
+
+        A first send needs no look; a resend costs one task-list read, which is what exactly-once is worth.
+        """
+        if not any(e.reason for e in entries):
             return list(entries)
         index = self._cloud_index()
         missing = []
