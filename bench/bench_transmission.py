@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -83,72 +85,59 @@ def transmission(drops: list[Path], tmp: Path) -> list[float]:
         proc.wait(timeout=20)
 
 
-def daemon115(drops: list[Path], tmp: Path) -> list[float]:
+@contextmanager
+def running_daemon115(tmp: Path, name: str) -> Iterator[tuple[Path, Path]]:
+    """`daemon115 run` on the sandbox with one watch folder; yields (config, watch folder)."""
     from daemon115.api.sandbox import Sandbox
 
-    watch = tmp / "d-watch"
+    watch = tmp / f"{name}-watch"
     watch.mkdir()
     with Sandbox() as sandbox:
-        sandbox.write_token_file(tmp / "token.json")
-        config = tmp / "config.yaml"
+        sandbox.write_token_file(tmp / f"{name}-token.json")
+        config = tmp / f"{name}-config.yaml"
         config.write_text(f"""\
 api: {{base_url: "{sandbox.url}", passport_url: "{sandbox.url}", qrcode_url: "{sandbox.url}", min_interval: 0s}}
-auth: {{token_file: "{tmp / 'token.json'}"}}
-ledger: {{path: "{tmp / 'ledger.sqlite3'}"}}
+auth: {{token_file: "{tmp / f'{name}-token.json'}"}}
+ledger: {{path: "{tmp / f'{name}-ledger.sqlite3'}"}}
 logging: {{level: warning}}
 watch: [{{path: "{watch}", target: "0"}}]
 """)
         proc = subprocess.Popen([sys.executable, "-m", "daemon115", "-c", str(config), "run"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(1.5)
+            yield config, watch
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
 
+
+def daemon115(drops: list[Path], tmp: Path) -> list[float]:
+    """Read back through the CLI, one `ledger list --json` process per look, as transmission-remote is."""
+    with running_daemon115(tmp, "cli") as (config, watch):
         def listed() -> int:
             out = subprocess.run([sys.executable, "-m", "daemon115", "-c", str(config), "ledger", "list", "--json"],
                                  capture_output=True, text=True).stdout
             return len(json.loads(out or "[]"))
 
-        try:
-            time.sleep(1.5)
-            latencies = []
-            for i, source in enumerate(drops):
-                closed = _drop(source, watch / f"{i}.torrent")
-                latencies.append(wait(lambda i=i: listed() >= i + 1) - closed)
-            return latencies
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
+        latencies = []
+        for i, source in enumerate(drops):
+            closed = _drop(source, watch / f"{i}.torrent")
+            latencies.append(wait(lambda i=i: listed() >= i + 1) - closed)
+        return latencies
 
 
 def in_ledger_directly(drops: list[Path], tmp: Path) -> list[float]:
     """daemon115 read back without a CLI process per look: the ledger file polled in this process."""
-    from daemon115.api.sandbox import Sandbox
     from daemon115.ledger import Ledger
 
-    watch = tmp / "l-watch"
-    watch.mkdir()
-    with Sandbox() as sandbox:
-        sandbox.write_token_file(tmp / "token2.json")
-        config = tmp / "config2.yaml"
-        config.write_text(f"""\
-api: {{base_url: "{sandbox.url}", passport_url: "{sandbox.url}", qrcode_url: "{sandbox.url}", min_interval: 0s}}
-auth: {{token_file: "{tmp / 'token2.json'}"}}
-ledger: {{path: "{tmp / 'ledger2.sqlite3'}"}}
-logging: {{level: warning}}
-watch: [{{path: "{watch}", target: "0"}}]
-""")
-        proc = subprocess.Popen([sys.executable, "-m", "daemon115", "-c", str(config), "run"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        try:
-            time.sleep(1.5)
-            with Ledger(tmp / "ledger2.sqlite3") as ledger:
-                latencies = []
-                for i, source in enumerate(drops):
-                    closed = _drop(source, watch / f"{i}.torrent")
-                    key = parse_torrent(source.read_bytes()).to_link().key
-                    latencies.append(wait(lambda key=key: ledger.get(key) is not None, step=0.002) - closed)
-            return latencies
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=20)
+    with running_daemon115(tmp, "direct") as (config, watch), Ledger(tmp / "direct-ledger.sqlite3") as ledger:
+        latencies = []
+        for i, source in enumerate(drops):
+            closed = _drop(source, watch / f"{i}.torrent")
+            key = parse_torrent(source.read_bytes()).to_link().key
+            latencies.append(wait(lambda key=key: ledger.get(key) is not None, step=0.002) - closed)
+        return latencies
 
 
 def _drop(source: Path, target: Path) -> float:
