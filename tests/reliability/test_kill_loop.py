@@ -20,11 +20,9 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import requests
 
 from daemon115.api.sandbox import Fault, Sandbox, TokenPair
@@ -69,18 +67,6 @@ TORRENTS = ("leaves.webtorrent-fixtures.torrent", "alice.webtorrent-fixtures.tor
             "mikan_e22d1c0062f2a4f4c49aebfb8d84fb4d85a7c375.konobangu.torrent",
             "ubuntu-12.04.1_test.flexget.torrent")
 REAL_TORRENTS = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "real-world" / "torrents"
-
-
-@pytest.fixture
-def sandbox() -> Iterator[Sandbox]:
-    """Like the suite's, but its gateway serves every page of the task list, and 200 tasks a page.
-
-    With the real gateway's 20 pages, a long run's list soon outgrows what a lookup can read, and every lookup
-    after a lost answer pauses the client's calls (see test_soak.py's deep-list test): the loop would then mostly
-    measure that pause. Here it measures exactly-once; the larger pages keep lookups in 12,000 tasks quick.
-    """
-    with Sandbox("127.0.0.1", 0, seed=115, quota=10**7, page_size=200, max_task_pages=None) as running:
-        yield running
 
 
 @dataclass
