@@ -12,6 +12,14 @@ from daemon115.api.sandbox import Sandbox
 SANDBOX_SEED = 115
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Registered here, not in tests/reliability: pytest takes options only from conftest files it loads before
+    parsing the command line, and this one is loaded for ``pytest``, ``pytest tests`` and ``pytest tests/reliability``."""
+    parser.addoption("--long", action="store_true", default=False,
+                     help="reliability suite: 500 kills instead of 20, a simulated month instead of a day "
+                          "(same as DAEMON115_LONG=1)")
+
+
 @pytest.fixture
 def sandbox() -> Iterator[Sandbox]:
     """A started sandbox on 127.0.0.1 (free port, fixed seed), stopped after the test."""

@@ -1,8 +1,7 @@
 """What the reliability tests share: the long/short switch, a sandbox with room for a month, feed servers, daemons.
 
-``--long`` cannot be a pytest option here: pytest reads ``pytest_addoption`` only from conftest files it loads
-before parsing the command line, so ``pytest tests --long`` (or plain ``pytest --long``) would refuse the option and
-only ``pytest tests/reliability --long`` would take it. The switch is the environment variable ``DAEMON115_LONG=1``.
+The long form is ``--long`` (registered in the root conftest, see there why) or the environment variable
+``DAEMON115_LONG=1``.
 """
 
 from __future__ import annotations
@@ -28,14 +27,18 @@ from daemon115.api.sandbox import Sandbox
 
 SANDBOX_SEED = 115
 QUOTA = 10**7  # a month of feeds and drops needs more than the 3000 of the default sandbox
-LONG = os.environ.get("DAEMON115_LONG", "") == "1"
+LONG_ENV = os.environ.get("DAEMON115_LONG", "") == "1"
 LONG_TIMEOUT = 3600  # seconds per test in the long form (the project's default of 120 s is for the short one)
 HERE = Path(__file__).resolve().parent
 
 
+def _is_long(config: pytest.Config) -> bool:
+    return LONG_ENV or bool(config.getoption("--long"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The long forms outlive the suite's per-test timeout; give this folder's tests an hour when they run long."""
-    if not LONG:
+    if not _is_long(config):
         return
     for item in items:
         if HERE in Path(str(item.path)).resolve().parents:
@@ -43,9 +46,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture
-def long_form() -> bool:
-    """True with DAEMON115_LONG=1: 500 kills instead of 20, a simulated month instead of a day."""
-    return LONG
+def long_form(pytestconfig: pytest.Config) -> bool:
+    """True with --long or DAEMON115_LONG=1: 500 kills instead of 20, a simulated month instead of a day."""
+    return _is_long(pytestconfig)
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ plain slow writes, some of them real .torrent files), two feeds on loopback that
 daemon uses (5xx, connections dropped before and after 115 acted, delays, cut-off bodies), expires the access token
 now and then and rate-limits refreshes. After the last kill the faults stop and one clean run drains the queue.
 
-Short form: 20 kills (CI). DAEMON115_LONG=1: 500 kills.
+Short form: 20 kills (CI). --long (or DAEMON115_LONG=1): 500 kills.
 """
 
 from __future__ import annotations

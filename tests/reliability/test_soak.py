@@ -1,4 +1,4 @@
-"""A soak on an accelerated clock: a day (CI) or a month (DAEMON115_LONG=1) of feed polls, drops and cleanups.
+"""A soak on an accelerated clock: a day (CI) or a month (--long) of feed polls, drops and cleanups.
 
 `daemon115 run` lives with DAEMON115_SPEEDUP, so its schedules (feed polls every 15 min, reconcile, the cleanup
 policies) run that many times faster, and the test pushes the sandbox's clock forward at the same pace, so cloud
