@@ -323,6 +323,25 @@ def test_moving_never_replaces_an_existing_file(tmp_path: Path) -> None:
     assert (tmp_path / "c").read_text() == "a" and not (tmp_path / "a").exists()
 
 
+def test_a_move_to_done_cut_short_after_its_hard_link_is_finished_not_filed_twice(drop: Path, ledger: Ledger) -> None:
+    done = drop / ".done"
+    done.mkdir()
+    dropped = put(drop / "x.magnet", magnet(1))
+    os.link(dropped, done / "x.magnet")  # the crash struck between link and unlink
+    outcome = process_drop(dropped, watch_folder(drop), ledger)
+    assert outcome.moved_to == done / "x.magnet" and outcome.queued == 1
+    assert not dropped.exists() and sorted(p.name for p in done.iterdir()) == ["x.magnet"]
+
+
+def test_a_name_in_done_that_is_another_file_is_never_taken_for_a_finished_move(drop: Path, ledger: Ledger) -> None:
+    done = drop / ".done"
+    done.mkdir()
+    (done / "x.magnet").write_text(magnet(1))  # same content, but a different file
+    outcome = process_drop(put(drop / "x.magnet", magnet(2)), watch_folder(drop), ledger)
+    assert outcome.moved_to == done / "x (1).magnet"
+    assert (done / "x.magnet").read_text() == magnet(1)
+
+
 @pytest.mark.parametrize(("name", "content", "reason"), [
     ("big.magnet", (magnet(1) + "\n").encode() * 20_000, "over the 1000000-byte limit for a text file"),
     ("junk.magnet", bytes(range(256)) * 4, "binary data (a NUL byte at offset 0)"),

@@ -579,6 +579,9 @@ def move_aside(path: Path, folder: WatchFolder, bucket: str, error: str | None =
         name = numbered(path.name, number)
         destination = directory / name
         explanation = directory / (name + ".error")
+        if same_file(path, destination):  # a move cut short by a crash, after the link: finish it
+            os.unlink(path)
+            return destination
         if os.path.lexists(destination) or (error is not None and os.path.lexists(explanation)):
             continue
         if error is not None:
@@ -596,6 +599,15 @@ def move_aside(path: Path, folder: WatchFolder, bucket: str, error: str | None =
             raise
         return destination
     raise OSError(errno.EEXIST, f"no free name for {path.name} in {directory}")
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """Both names lead to one inode (symlinks not followed)."""
+    try:
+        first, second = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
 def _real_directory(root: Path, parts: tuple[str, ...]) -> Path:
@@ -624,11 +636,12 @@ def numbered(name: str, number: int) -> str:
 def move_no_replace(source: Path, destination: Path) -> None:
     """rename(2) that fails with FileExistsError instead of replacing ``destination``.
 
-    renameat2(RENAME_NOREPLACE) where the filesystem has it; else a hard link (which never replaces) and the
-    removal of the old name; else, on filesystems without hard links, a checked rename.
+    A hard link (which never replaces) and the removal of the old name, first: the watch folder then sees a
+    delete. A rename out of it is an IN_MOVED_FROM with no IN_MOVED_TO, which watchdog holds for 0.5 s hoping
+    to pair it, and every event behind it waits too: each drop arriving just after another would be held up.
+    A crash between the two steps leaves both names on one inode; ``move_aside`` finishes that move.
+    On filesystems without hard links: renameat2(RENAME_NOREPLACE), else a checked rename.
     """
-    if _rename_noreplace(source, destination):
-        return
     try:
         os.link(source, destination, follow_symlinks=False)
     except FileExistsError:
@@ -636,6 +649,8 @@ def move_no_replace(source: Path, destination: Path) -> None:
     except OSError as exc:
         if exc.errno not in _NO_HARD_LINKS:
             raise
+        if _rename_noreplace(source, destination):
+            return
         if os.path.lexists(destination):
             raise FileExistsError(errno.EEXIST, "file exists", str(destination)) from exc
         os.rename(source, destination)
