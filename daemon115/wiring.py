@@ -28,7 +28,7 @@ def connection_for(cfg: Config, redactor: Redactor | None = None, *, quick: bool
                    pacing=pacing,
                    daily_call_budget=api.daily_call_budget, refresh_ahead=cfg.auth.refresh_ahead,
                    user_agent=f"daemon115/{__version__}",
-                   on_refresh=(lambda t: redactor.remember(t.access_token, t.refresh_token)) if redactor else None,
+                   on_tokens=(lambda t: redactor.remember(t.access_token, t.refresh_token)) if redactor else None,
                    observer=observer)
     return conn
 

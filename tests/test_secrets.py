@@ -87,3 +87,29 @@ def test_token_reprs_hide_values(sandbox):
                   pair):
         assert pair.access_token not in repr(value) and pair.refresh_token not in repr(value)
     logging.getLogger("x").info("%r", pair)
+
+
+def test_the_redactor_knows_the_start_up_pair_before_any_refresh(sandbox, tmp_path, token_file):
+    from daemon115.config import load
+    from daemon115.wiring import connection_for
+
+    redactor = Redactor()
+    conn = connection_for(load(config_for(sandbox, tmp_path, token_file)), redactor)
+    conn.client.user_info()
+    assert conn.client.tokens.refreshes == 0
+    pair = read_tokens(token_file)
+    scrubbed = redactor.scrub(f"an odd message quoting {pair.access_token} and {pair.refresh_token}")
+    assert pair.access_token not in scrubbed and pair.refresh_token not in scrubbed
+
+
+def test_the_store_tells_of_a_refreshed_pair_before_it_reaches_the_token_file(sandbox, token_file):
+    from daemon115.api.auth import TokenStore
+    from daemon115.api.models import Grant
+
+    start, new = read_tokens(token_file), sandbox.grant()
+    heard: list[tuple[str, str]] = []  # (the pair's access token, the access token on disk at that moment)
+    store = TokenStore(token_file, lambda _: Grant(new.access_token, new.refresh_token, 7200),
+                       on_tokens=lambda t: heard.append((t.access_token, read_tokens(token_file).access_token)))
+    store.refresh()
+    assert heard == [(start.access_token, start.access_token), (new.access_token, start.access_token)]
+    assert read_tokens(token_file).access_token == new.access_token

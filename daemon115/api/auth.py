@@ -123,12 +123,14 @@ class TokenStore:
     """Hands out a valid access token and owns every refresh of it."""
 
     def __init__(self, path: Path, refresher: Refresher, *, refresh_ahead: float = 600.0,
-                 clock: Callable[[], float] = time.time, on_refresh: Callable[[Tokens], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, on_tokens: Callable[[Tokens], None] | None = None) -> None:
+        """``on_tokens`` hears of every pair this store reads or makes, the start-up pair included: the log
+        redactor learns each secret before any message could carry it."""
         self.path = Path(path)
         self._refresher = refresher
         self._refresh_ahead = refresh_ahead
         self._clock = clock
-        self._on_refresh = on_refresh
+        self._on_tokens = on_tokens
         self._lock = threading.Lock()
         self._tokens: Tokens | None = None
         self._blocked_until = 0.0
@@ -170,18 +172,20 @@ class TokenStore:
             return self._reload()
 
     def _load(self) -> Tokens:
-        if self._tokens is None:
-            self._tokens = read_tokens(self.path)
-        return self._tokens
+        return self._tokens if self._tokens is not None else self._reload()
 
     def _reload(self) -> Tokens:
-        self._tokens = read_tokens(self.path)
-        return self._tokens
+        return self._adopt(read_tokens(self.path))
+
+    def _adopt(self, tokens: Tokens) -> Tokens:
+        if tokens != self._tokens and self._on_tokens is not None:
+            self._on_tokens(tokens)
+        self._tokens = tokens
+        return tokens
 
     def _refresh_locked(self, seen: Tokens, *, reason: str, must: bool = False, forced: bool = False) -> Tokens:
         with file_lock(self.path):
-            disk = read_tokens(self.path)
-            self._tokens = disk
+            disk = self._adopt(read_tokens(self.path))
             if disk.refresh_token != seen.refresh_token and not forced:
                 return disk  # another process refreshed while we waited for the lock
             if is_dead(self.path, disk.refresh_token):
@@ -201,11 +205,11 @@ class TokenStore:
                     return self._keep_or_wait(disk, now, must)
                 raise
             fresh = Tokens(grant.access_token, grant.refresh_token, now + grant.expires_in)
+            if self._on_tokens is not None:
+                self._on_tokens(fresh)
             write_tokens(self.path, fresh)  # before anyone uses the new access token
             self._tokens = fresh
             self.refreshes += 1
-        if self._on_refresh is not None:
-            self._on_refresh(fresh)
         return fresh
 
     def _keep_or_wait(self, tokens: Tokens, now: float, must: bool) -> Tokens:

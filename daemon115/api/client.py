@@ -297,12 +297,12 @@ class Connection:
 def connect(*, token_file: Path, endpoints: Endpoints = Endpoints(), pacing: Pacing = Pacing(),
             daily_call_budget: int | None = None, refresh_ahead: float = 600.0,
             clock: Callable[[], float] = time.time, user_agent: str = "daemon115",
-            on_refresh: Callable[[Tokens], None] | None = None,
+            on_tokens: Callable[[Tokens], None] | None = None,
             observer: Callable[[str, int | None, bool], None] | None = None) -> Connection:
     """Wire transport, passport, token store and client for one account."""
     transport = Transport(pacing, budget=CallBudget(daily_call_budget), breaker=CircuitBreaker(),
                           user_agent=user_agent, observer=observer)
     passport = Passport(transport, endpoints)
     tokens = TokenStore(token_file, passport.refresh, refresh_ahead=refresh_ahead, clock=clock,
-                        on_refresh=on_refresh)
+                        on_tokens=on_tokens)
     return Connection(Client(transport, tokens, endpoints), passport, transport)
