@@ -8,6 +8,7 @@ daemon115/; outside data is read only up to its cap; servers listen only where t
 from __future__ import annotations
 
 import ast
+import contextlib
 import io
 import json
 import os
@@ -44,7 +45,8 @@ from daemon115.logs import configure, get_logger
 from daemon115.metrics import Metrics, serve
 from daemon115.notify import Notifications
 from daemon115.sources.feeds import FeedPoller
-from daemon115.sources.watch import MAX_TEXT_SIZE, DropError, Resolver, WatchSource, process_drop, read_drop
+from daemon115.sources.watch import (MAX_TEXT_SIZE, DropError, Resolver, WatchSource, move_aside, process_drop,
+                                     read_drop)
 
 REPO = Path(__file__).resolve().parents[1]
 PASSKEY = "pk0123456789abcdef0123"
@@ -543,6 +545,38 @@ def test_a_done_or_failed_folder_that_is_a_symlink_never_takes_drops_out_of_the_
     (drop / "x.magnet").write_text(content)
     process_drop(drop / "x.magnet", WatchFolder(drop), ledger)
     assert sorted(os.listdir(outside)) == ["secret.magnet"], f"written through the {bucket} symlink"
+
+
+def test_a_done_folder_swapped_for_a_symlink_while_drops_move_never_takes_one_out(
+        drop: Path, outside: Path) -> None:
+    """A local user races the move: .done/ flips between a real folder and a symlink to outside."""
+    folder = WatchFolder(drop)
+    stop = threading.Event()
+
+    def swap() -> None:
+        real, link = drop / "parked", drop / "link"
+        real.mkdir()
+        link.symlink_to(outside, target_is_directory=True)
+        while not stop.is_set():
+            for parked in (real, link):
+                try:
+                    os.rename(parked, drop / ".done")  # in place of nothing: .done/ was just parked
+                    os.rename(drop / ".done", parked)
+                except OSError:
+                    with contextlib.suppress(OSError):  # move_aside made a .done of its own meanwhile
+                        os.rename(drop / ".done", drop / f"made-{time.monotonic_ns()}")
+
+    swapper = threading.Thread(target=swap)
+    swapper.start()
+    try:
+        for n in range(400):
+            (drop / f"{n}.magnet").write_text(magnet(n))
+            with contextlib.suppress(OSError):
+                move_aside(drop / f"{n}.magnet", folder, ".done")
+    finally:
+        stop.set()
+        swapper.join()
+    assert sorted(os.listdir(outside)) == ["secret.magnet"], "a drop went through the symlink"
 
 
 # ================================================================ no shell, eval or unpickling

@@ -30,7 +30,6 @@ from daemon115.sources.watch import (
     drop_kind,
     list_dirs,
     list_drops,
-    move_no_replace,
     numbered,
     process_drop,
     read_drop,
@@ -311,16 +310,6 @@ def test_name_collisions_in_failed_never_overwrite_a_file_or_its_error(drop: Pat
     assert (failed / "x (1).magnet.error").read_text() == "an orphaned explanation"
     assert not (failed / "x (1).magnet").exists()
     assert "line 1: not a link: 'junk'" in (failed / "x (2).magnet.error").read_text()
-
-
-def test_moving_never_replaces_an_existing_file(tmp_path: Path) -> None:
-    (tmp_path / "a").write_text("a")
-    (tmp_path / "b").write_text("b")
-    with pytest.raises(FileExistsError):
-        move_no_replace(tmp_path / "a", tmp_path / "b")
-    assert (tmp_path / "a").read_text() == "a" and (tmp_path / "b").read_text() == "b"
-    move_no_replace(tmp_path / "a", tmp_path / "c")
-    assert (tmp_path / "c").read_text() == "a" and not (tmp_path / "a").exists()
 
 
 def test_a_move_to_done_cut_short_after_its_hard_link_is_finished_not_filed_twice(drop: Path, ledger: Ledger) -> None:

@@ -16,8 +16,6 @@ layout is kept, drops of one name in different subfolders do not collide, and no
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import errno
 import functools
 import os
@@ -42,6 +40,7 @@ from daemon115.config import WatchFolder
 from daemon115.intake import candidate
 from daemon115.ledger import InvalidCandidate, Ledger, LedgerBusy, LedgerError
 from daemon115.links import MAX_TORRENT_SIZE, Link, LinkError, parse_link, parse_torrent
+from daemon115.sources import moves
 from daemon115.sources.mounts import filesystem_of, is_network, parse_mounts, read_proc_mounts
 
 MAX_TEXT_SIZE = 1_000_000  # "1 MB": sizes in this project are powers of 1000
@@ -63,9 +62,6 @@ _TRANSIENT_ERRNOS = frozenset({
     errno.ENETDOWN, errno.ENETUNREACH, errno.ECONNRESET, errno.ECONNABORTED, errno.EAGAIN, errno.EINTR,
     errno.ENOLCK, errno.EBUSY,
 })
-_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EXDEV, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS})
-_RENAME_NOREPLACE = 1
-_AT_FDCWD = -100
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 _READ_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0)
 
@@ -569,60 +565,9 @@ def _report(outcome: DropOutcome, log: Any) -> DropOutcome:
 
 
 def move_aside(path: Path, folder: WatchFolder, bucket: str, error: str | None = None) -> Path:
-    """Move a drop to ``bucket/<its subfolder>/`` under a free name (" (1)", " (2)"...), with NAME.error.
-
-    The .error file is written first: a crash between the two leaves the drop in place (read again later),
-    never a file in .failed/ without its reason.
-    """
-    directory = _real_directory(Path(folder.path), (bucket, *subfolder_of(folder, path)))
-    for number in range(100_000):
-        name = numbered(path.name, number)
-        destination = directory / name
-        explanation = directory / (name + ".error")
-        if same_file(path, destination):  # a move cut short by a crash, after the link: finish it
-            os.unlink(path)
-            return destination
-        if os.path.lexists(destination) or (error is not None and os.path.lexists(explanation)):
-            continue
-        if error is not None:
-            try:
-                _write_new(explanation, error)
-            except FileExistsError:
-                continue
-        try:
-            move_no_replace(path, destination)
-        except FileExistsError:
-            _remove_quietly(explanation if error is not None else None)
-            continue
-        except BaseException:
-            _remove_quietly(explanation if error is not None else None)
-            raise
-        return destination
-    raise OSError(errno.EEXIST, f"no free name for {path.name} in {directory}")
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """Both names lead to one inode (symlinks not followed)."""
-    try:
-        first, second = os.lstat(a), os.lstat(b)
-    except OSError:
-        return False
-    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
-
-
-def _real_directory(root: Path, parts: tuple[str, ...]) -> Path:
-    """``root/parts...``, made where missing; OSError when any part is a symlink or not a folder, so a
-    ``.done`` planted as a symlink never takes a drop (or its .error) out of the watch folder."""
-    directory = root
-    for part in parts:
-        directory = directory / part
-        try:
-            directory.mkdir()
-        except FileExistsError:
-            pass
-        if not stat.S_ISDIR(os.lstat(directory).st_mode):
-            raise OSError(errno.ENOTDIR, f"{directory.relative_to(root)} is a symlink or not a folder")
-    return directory
+    """Move a drop to ``bucket/<its subfolder>/`` under a free name (" (1)", " (2)"...), with NAME.error."""
+    names = (numbered(path.name, number) for number in range(100_000))
+    return moves.move_aside(path, Path(folder.path), (bucket, *subfolder_of(folder, path)), names, error)
 
 
 def numbered(name: str, number: int) -> str:
@@ -631,78 +576,6 @@ def numbered(name: str, number: int) -> str:
         return name
     cut = len(name) - len(_watched_suffix(name) or "")
     return f"{name[:cut]} ({number}){name[cut:]}"
-
-
-def move_no_replace(source: Path, destination: Path) -> None:
-    """rename(2) that fails with FileExistsError instead of replacing ``destination``.
-
-    A hard link (which never replaces) and the removal of the old name, first: the watch folder then sees a
-    delete. A rename out of it is an IN_MOVED_FROM with no IN_MOVED_TO, which watchdog holds for 0.5 s hoping
-    to pair it, and every event behind it waits too: each drop arriving just after another would be held up.
-    A crash between the two steps leaves both names on one inode; ``move_aside`` finishes that move.
-    On filesystems without hard links: renameat2(RENAME_NOREPLACE), else a checked rename.
-    """
-    try:
-        os.link(source, destination, follow_symlinks=False)
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno not in _NO_HARD_LINKS:
-            raise
-        if _rename_noreplace(source, destination):
-            return
-        if os.path.lexists(destination):
-            raise FileExistsError(errno.EEXIST, "file exists", str(destination)) from exc
-        os.rename(source, destination)
-        return
-    if os.lstat(source).st_ino != os.lstat(destination).st_ino:  # replaced in between: keep the newcomer
-        os.unlink(destination)
-        raise OSError(errno.EAGAIN, "the file was replaced while it was being moved", str(source))
-    os.unlink(source)
-
-
-def _rename_noreplace(source: Path, destination: Path) -> bool:
-    """True when renamed; False when renameat2 or the flag is unsupported here; FileExistsError when taken."""
-    renameat2 = _renameat2()
-    if renameat2 is None:
-        return False
-    if renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(destination), _RENAME_NOREPLACE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP):
-        return False
-    if code == errno.EEXIST:
-        raise FileExistsError(code, os.strerror(code), str(destination))
-    raise OSError(code, os.strerror(code), str(source))
-
-
-@functools.lru_cache(maxsize=1)
-def _renameat2() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        function = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    function.restype = ctypes.c_int
-    return function
-
-
-def _write_new(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-    try:
-        os.write(fd, text.encode("utf-8", "replace"))
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_quietly(path: Path | None) -> None:
-    if path is not None:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
 
 
 # ---------------------------------------------------------------- finding drops and waiting for them to settle
