@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO / "bench"))
 from fuzz_links import libfuzzer_args  # noqa: E402
 
 from daemon115.rules import FeedEntry  # noqa: E402
-from daemon115.sources.feeds import FeedError, read_feed  # noqa: E402
+from daemon115.sources.feed_entries import FeedError, read_feed  # noqa: E402
 
 TARGET = "feed"
 FIXTURES = REPO.parent / "shared" / "fixtures" / "real-world" / "feeds"

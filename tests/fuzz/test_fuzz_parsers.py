@@ -47,7 +47,8 @@ from daemon115.config import Config, ConfigError, Feed, WatchFolder, loads, pars
 from daemon115.ledger import Ledger
 from daemon115.links import LinkError, parse_link
 from daemon115.sources.episodes import EpisodeKey, parse_episode
-from daemon115.sources.feeds import FeedError, FeedPoller, _retry_after, read_feed
+from daemon115.sources.feed_entries import FeedError, read_feed
+from daemon115.sources.feeds import FeedPoller, _retry_after
 from daemon115.sources.watch import DropError, Parsed, Resolver, read_drop
 
 T = TypeVar("T")
