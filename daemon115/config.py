@@ -274,6 +274,28 @@ _BYTES = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
+def secret_values(value: object) -> tuple[str, ...]:
+    """Every string the config keeps out of repr (feed URLs, headers and cookies, notifier keys and hook URLs):
+    the log redactor cuts them out of any line, wherever a careless message puts them."""
+    found: list[str] = []
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            found.extend(_strings(item) if not f.repr else secret_values(item))
+    elif isinstance(value, (tuple, list)):
+        for item in value:
+            found.extend(secret_values(item))
+    return tuple(found)
+
+
+def _strings(value: object) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Mapping):
+        return [v for v in value.values() if isinstance(v, str)]
+    return []
+
+
 def parse_duration(value: object) -> float:
     """Seconds from ``30s``, ``10m``, ``6h``, ``2d``, ``500ms`` or a sum like ``1h30m``; a bare number is seconds."""
     try:

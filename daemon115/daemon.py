@@ -19,7 +19,7 @@ from typing import Any
 
 from daemon115 import config as configmod
 from daemon115.api.errors import AuthorizationNeeded
-from daemon115.config import Config
+from daemon115.config import Config, secret_values
 from daemon115.ledger import Ledger
 from daemon115.logs import configure, get_logger
 from daemon115.metrics import Metrics, serve
@@ -153,6 +153,7 @@ class Daemon:
         self.cfg = cfg
         self.notifier = notifier or Notifier()
         self.redactor = configure(cfg.logging.level, cfg.logging.format)
+        self.redactor.remember(*secret_values(cfg))
         self.log = get_logger("daemon115")
         self.notes = Notifications(cfg.notify, log=self.log, redactor=self.redactor)
         self.events = EventTee(self.log, self.notes)
@@ -343,6 +344,7 @@ class Daemon:
         if self.feeds is not None:
             self.feeds.close()
         self.feeds = _feed_source(new, self.ledger, self.log, self.submit.wake)
+        self.redactor.remember(*secret_values(new))
         if new.notify != self.cfg.notify:
             self.notes.close(timeout=1.0)
             self.notes = Notifications(new.notify, log=self.log, redactor=self.redactor)

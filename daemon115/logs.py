@@ -44,7 +44,9 @@ class Redactor:
             return {k: REDACTED if _is_secret_key(k) else self.scrub(v) for k, v in value.items()}
         if isinstance(value, (list, tuple)):
             return type(value)(self.scrub(v) for v in value)
-        return value
+        if value is None or isinstance(value, (bool, int, float)):
+            return value
+        return self.scrub(str(value))  # an exception or any other object: rendered as its text, scrubbed
 
     def __call__(self, logger: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
         for key in list(event):

@@ -113,3 +113,39 @@ def test_the_store_tells_of_a_refreshed_pair_before_it_reaches_the_token_file(sa
     store.refresh()
     assert heard == [(start.access_token, start.access_token), (new.access_token, start.access_token)]
     assert read_tokens(token_file).access_token == new.access_token
+
+
+def test_config_secrets_are_cut_from_any_log_line_even_outside_a_query_string(tmp_path):
+    from daemon115.config import loads, secret_values
+
+    cfg = loads("feeds:\n"
+                "  - {name: t, url: 'https://tracker.example/rss/5f4dcc3b5aa765d61d8327deb882cf99', accept_all: true,\n"
+                "     cookies: {uid: '12345', pass: 'cookie-secret-value'}, headers: {X-Api-Key: 'header-secret-123'}}\n"
+                "notify:\n"
+                "  - {type: telegram, bot_token: '123456:telegram-secret', chat_id: '42'}\n"
+                "  - {type: webhook, url: 'https://hooks.example/services/T000/B000/hook-secret-path'}\n")
+    stream = io.StringIO()
+    redactor = configure("info", "json", stream=stream)
+    redactor.remember(*secret_values(cfg))
+    from daemon115.logs import get_logger
+
+    get_logger("t").warning("careless", text="fetching https://tracker.example/rss/5f4dcc3b5aa765d61d8327deb882cf99",
+                            error=RuntimeError("cookie-secret-value rejected; header-secret-123 too"),
+                            notes=["123456:telegram-secret", "https://hooks.example/services/T000/B000/hook-secret-path"])
+    text = stream.getvalue()
+    for secret in ("5f4dcc3b5aa765d61d8327deb882cf99", "cookie-secret-value", "header-secret-123",
+                   "telegram-secret", "hook-secret-path"):
+        assert secret not in text
+    assert json.loads(text)["event"] == "careless" and "rejected" in text
+
+
+def test_objects_in_log_fields_are_rendered_as_their_scrubbed_text():
+    stream = io.StringIO()
+    redactor = configure("info", "json", stream=stream)
+    redactor.remember("at_0123456789abcdef")
+    from daemon115.logs import get_logger
+
+    get_logger("t").info("odd", error=ValueError("token at_0123456789abcdef refused"), path=Path("/x"), n=3, ok=True)
+    line = json.loads(stream.getvalue())
+    assert line["error"] == "token <redacted> refused" and line["path"] == "/x"
+    assert (line["n"], line["ok"]) == (3, True)

@@ -61,3 +61,24 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path, unit, executable):
     result = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "daemon115.service" not in result.stderr, result.stderr
+
+
+MDWE_LAUNCHER = """
+import ctypes, mmap, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:  # PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN: what MemoryDenyWriteExecute= enforces
+    sys.exit(f"PR_SET_MDWE refused: errno {ctypes.get_errno()}")
+try:
+    mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+except PermissionError:
+    os.execv(sys.argv[1], sys.argv[1:])  # the kernel keeps the restriction across exec
+sys.exit("a writable and executable mapping was still allowed")
+"""
+
+
+def test_the_whole_demo_pipeline_runs_with_writable_executable_memory_denied(tmp_path):
+    """Both units set MemoryDenyWriteExecute=yes; the kernel's PR_SET_MDWE is the same rule without systemd."""
+    result = subprocess.run([sys.executable, "-c", MDWE_LAUNCHER, DAEMON, "demo"], capture_output=True, text=True,
+                            timeout=90, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "in .done/" in result.stdout and "broken.magnet.error" in result.stdout
