@@ -2,7 +2,8 @@
 
 Run: python bench/run_all.py [--quick] [--skip-flexget]. Each benchmark is a separate script that prints its own
 figures and verdicts (OK / MISS against the issue's target); this runner captures them verbatim, so the file is
-exactly what the scripts measured in this run. --quick uses smaller sizes (for a smoke run, not for the record).
+exactly what the scripts measured in this run; the explanations of misses come from bench/MISSES.md. --quick uses
+smaller sizes (for a smoke run, not for the record).
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main() -> None:
                   f"`python bench/{script} {' '.join(bench_args)}` ({took:.0f} s, exit {code}):", "", "```",
                   output, "```", ""]
         misses += [f"- {title}: `{line.strip()}`" for line in output.splitlines() if "MISS" in line]
-    parts += ["## Misses", ""] + (misses or ["None in this run."]) + [""]
+    explained = (BENCH / "MISSES.md").read_text().split("-->", 1)[-1].strip()
+    parts += ["## Misses", ""] + (misses or ["None in this run."]) + ["", explained, ""]
     Path(args.out).write_text("\n".join(parts))
     print(f"wrote {args.out}")
 

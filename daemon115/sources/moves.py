@@ -90,7 +90,8 @@ def move_no_replace(source: str | Path, destination: str | Path, *, src_dir_fd: 
     A hard link (which never replaces) and the removal of the old name, first: the watch folder then sees a
     delete. A rename out of it is an IN_MOVED_FROM with no IN_MOVED_TO, which watchdog holds for 0.5 s hoping
     to pair it, and every event behind it waits too: each drop arriving just after another would be held up.
-    On filesystems without hard links: renameat2(RENAME_NOREPLACE), else a checked rename.
+    Where no hard link can be made (filesystems without them; EPERM from fs.protected_hardlinks for another
+    user's file the daemon cannot write): renameat2(RENAME_NOREPLACE), else a checked rename.
     """
     try:
         os.link(source, destination, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd, follow_symlinks=False)
