@@ -193,6 +193,7 @@ class Batch:
     batch_id: str
     target: str
     entries: tuple[Entry, ...]
+    due_since: float = 0.0  # when the last of its links fell due: a task-list read since then covers them all
 
     @property
     def keys(self) -> tuple[str, ...]:
@@ -497,16 +498,14 @@ class Ledger:
             raise ValueError(f"claim_batch limit must be at least 1, not {limit}")
         now = self._clock()
         with self._transaction() as db:
-            keys = [
-                key
-                for (key,) in db.execute(
-                    "SELECT key FROM links WHERE status = 'queued' AND target = ?"
-                    " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY queued_at, id LIMIT ?",
-                    (target, now, limit),
-                )
-            ]
-            if not keys:
+            due = db.execute(
+                "SELECT key, COALESCE(next_attempt_at, queued_at) FROM links WHERE status = 'queued' AND target = ?"
+                " AND (next_attempt_at IS NULL OR next_attempt_at <= ?) ORDER BY queued_at, id LIMIT ?",
+                (target, now, limit),
+            ).fetchall()
+            if not due:
                 return None
+            keys = [key for key, _ in due]
             batch_id = uuid.uuid4().hex
             db.execute(
                 "INSERT INTO batches (batch_id, target, created_at, size) VALUES (?, ?, ?, ?)",
@@ -520,7 +519,7 @@ class Ledger:
             entries = tuple(_require(db, key) for key in keys)
             for entry in entries:
                 _add_event(db, entry.key, now, "attempt", {"batch_id": batch_id, "attempt": entry.attempts})
-        return Batch(batch_id, target, entries)
+        return Batch(batch_id, target, entries, due_since=max(since or 0.0 for _, since in due))
 
     def mark_submitted(
         self, key: str, *, info_hash: str | None, answer: Mapping[str, object], batch_id: str | None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -68,6 +68,18 @@ class DrainReport:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class CloudIndex:
+    """One read of the task list, by info hash and by URL."""
+
+    read_at: float
+    by_hash: Mapping[str, Task]
+    by_url: Mapping[str, Task]
+
+    def task_of(self, entry: Entry) -> Task | None:
+        return (self.by_hash.get(entry.info_hash) if entry.info_hash else None) or self.by_url.get(entry.url)
+
+
 def retry_delay(attempts: int, policy: SubmitPolicy) -> float:
     """Exponential backoff with jitter, so links that failed together do not all come back together."""
     ceiling = min(policy.retry_cap, policy.retry_base * (2 ** max(0, attempts - 1)))
@@ -89,6 +101,7 @@ class Submitter:
         self._clock = clock
         self._log = log
         self.lock_path = lock_path
+        self._index: CloudIndex | None = None  # the last task-list read of this drain
 
     # --- draining ------------------------------------------------------------------------------------------------
     def drain(self, *, wait_window: bool = True) -> DrainReport:
@@ -98,6 +111,7 @@ class Submitter:
         in flight for one a crash left behind; with the lock held, every ``submitting`` row is such a leftover.
         """
         report = DrainReport()
+        self._index = None
         with file_lock(self.lock_path):
             try:
                 self._recover()
@@ -141,12 +155,13 @@ class Submitter:
         folder_id = self._folder_of(batch, report)
         if folder_id is None:
             return report.unreachable is None
-        entries = self._still_missing(batch.entries, report)
+        entries = self._still_missing(batch, report)
         if not entries:
             return True
         batch = Batch(batch.batch_id, batch.target, tuple(entries))
         urls = [e.url for e in entries]
         report.calls += 1
+        sent_at = self._clock()
         self._emit("batch_sending", batch_id=batch.batch_id, target=batch.target, links=len(urls))
         try:
             results = self.cloud.add_task_urls(urls, folder_id)
@@ -169,20 +184,23 @@ class Submitter:
         if folder_id != batch.target:
             self.ledger.record_target([e.key for e in entries], folder_id=folder_id, path=batch.target)
         for entry, result in zip(entries, results):
-            self._settle(entry, result, batch.batch_id, report)
+            self._settle(entry, result, batch.batch_id, report, sent_at)
         return report.paused is None
 
-    def _still_missing(self, entries: Sequence[Entry], report: DrainReport) -> list[Entry]:
+    def _still_missing(self, batch: Batch, report: DrainReport) -> list[Entry]:
         """Links sent before (requeued for any reason) are looked up once more; only the missing are sent.
 
-        A first send needs no look; a resend costs one task-list read, which is what exactly-once is worth.
+        A first send needs no look. A resend needs a task-list read made after its links fell due (after the grace
+        a lost answer gets): one read then serves every later batch of the drain, since any send of this drain
+        whose answer is lost ends it.
         """
+        entries = batch.entries
         if not any(e.reason for e in entries):
             return list(entries)
-        index = self._cloud_index()
+        index = self._cloud_index(fresh_after=batch.due_since)
         missing = []
         for entry in entries:
-            task = _task_of(entry, *index)
+            task = index.task_of(entry)
             if task is None:
                 missing.append(entry)
             else:
@@ -215,7 +233,7 @@ class Submitter:
             return None
 
     # --- outcomes ------------------------------------------------------------------------------------------------
-    def _settle(self, entry: Entry, result: AddResult, batch_id: str, report: DrainReport) -> None:
+    def _settle(self, entry: Entry, result: AddResult, batch_id: str, report: DrainReport, sent_at: float) -> None:
         answer = answer_of(result)
         if result.ok:
             self.ledger.mark_submitted(entry.key, info_hash=result.info_hash, answer=answer, batch_id=batch_id)
@@ -223,7 +241,7 @@ class Submitter:
             self._emit("link_submitted", key=entry.key, name=entry.name, target=entry.target,
                        info_hash=result.info_hash)
         elif result.already_exists:
-            info_hash = entry.info_hash or self._find_info_hash(entry)
+            info_hash = entry.info_hash or self._find_info_hash(entry, sent_at)
             self.ledger.mark_submitted(entry.key, info_hash=info_hash, answer={**answer, "already_exists": True},
                                        batch_id=batch_id)
             report.duplicates += 1
@@ -278,10 +296,10 @@ class Submitter:
     # --- unknown outcomes ----------------------------------------------------------------------------------------
     def _settle_unknown(self, entries: Sequence[Entry], *, reason: str) -> int:
         """Look each link up in the task list; what is there is submitted, the rest goes back to the queue."""
-        index = self._cloud_index()
+        index = self._cloud_index(fresh_after=self._clock())
         found = 0
         for entry in entries:
-            task = _task_of(entry, *index)
+            task = index.task_of(entry)
             if task is not None:
                 self._found_in_cloud(entry, task, reason)
                 found += 1
@@ -297,7 +315,11 @@ class Submitter:
         self.ledger.mark_submitted(entry.key, info_hash=task.info_hash, batch_id=entry.batch_id,
                                    answer={"found_in_task_list": True, "reason": reason})
 
-    def _cloud_index(self) -> tuple[dict[str, Task], dict[str, Task]]:
+    def _cloud_index(self, *, fresh_after: float) -> CloudIndex:
+        """The task list as read at ``fresh_after`` or later: this drain's last read if it is recent enough."""
+        if self._index is not None and self._index.read_at >= fresh_after:
+            return self._index
+        read_at = self._clock()
         by_hash: dict[str, Task] = {}
         by_url: dict[str, Task] = {}
         try:
@@ -309,14 +331,14 @@ class Submitter:
                 raise
             # deep pages answer 405 on the real service; what was read is still evidence, and unmatched links stay
             # queued rather than being declared lost.
-        return by_hash, by_url
+        self._index = CloudIndex(read_at, by_hash, by_url)
+        return self._index
 
-    def _find_info_hash(self, entry: Entry) -> str | None:
+    def _find_info_hash(self, entry: Entry, sent_at: float) -> str | None:
         try:
-            by_hash, by_url = self._cloud_index()
+            task = self._cloud_index(fresh_after=sent_at).by_url.get(entry.url)
         except Api115Error:
             return None
-        task = by_url.get(entry.url)
         return task.info_hash if task else None
 
     # --- quota pause ---------------------------------------------------------------------------------------------
@@ -360,10 +382,6 @@ class Submitter:
     def _emit(self, event: str, **fields: object) -> None:
         if self._log is not None:
             self._log.info(event, **fields)
-
-
-def _task_of(entry: Entry, by_hash: dict[str, Task], by_url: dict[str, Task]) -> Task | None:
-    return (by_hash.get(entry.info_hash) if entry.info_hash else None) or by_url.get(entry.url)
 
 
 def _kind(code: int) -> Kind:

@@ -266,6 +266,18 @@ def test_claim_batch_skips_links_whose_next_attempt_is_in_the_future(ledger: Led
     assert again is not None and again.keys == (f"{1:040x}",) and again.entries[0].attempts == 2
 
 
+def test_a_claimed_batch_says_when_the_last_of_its_links_fell_due(ledger: Ledger, clock: Clock) -> None:
+    start = clock.now
+    ledger.record([candidate(1), candidate(2)])
+    retried = ledger.claim_batch("0", 1)
+    assert retried is not None
+    ledger.requeue(retried.keys[0], delay=30, reason="timeout")
+    clock.advance(40)
+    batch = ledger.claim_batch("0", 10)
+    assert batch is not None and set(batch.keys) == {f"{1:040x}", f"{2:040x}"}
+    assert batch.due_since == start + 30  # link 1's retry time; link 2 was due when it was queued, at the start
+
+
 def test_claim_batch_refuses_a_limit_below_one(ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ledger.claim_batch("0", 0)

@@ -190,6 +190,38 @@ def test_a_lost_answer_for_links_115_did_not_take_requeues_them(ledger, client, 
     assert set(sandbox.stats()["accepted"].values()) == {1}
 
 
+def requeue_all(ledger, numbers, *, delay: float = 0.0) -> None:
+    """As if each link had been sent once and had come back for a reason: the next send must look first."""
+    for i in numbers:
+        ledger.requeue(f"{i:040x}", delay=delay, reason="115 code 50001 (try again later)", charge=False)
+
+
+def task_list_reads(sandbox) -> int:
+    return sandbox.stats()["calls"].get("/open/offline/get_task_list", 0)
+
+
+def test_one_task_list_read_serves_every_batch_of_resent_links_in_a_drain(ledger, client, sandbox, tmp_path, clock):
+    queue(ledger, range(40))
+    requeue_all(ledger, range(40))
+    report = make_submitter(ledger, client, tmp_path, clock, batch_size=8).drain(wait_window=False)
+    assert (report.calls, report.submitted) == (5, 40)
+    assert task_list_reads(sandbox) == 1  # not one a batch: 115's list is 20 pages deep, and each page is a call
+
+
+def test_links_that_fell_due_after_the_last_read_are_looked_up_again(ledger, client, sandbox, tmp_path, clock):
+    queue(ledger, range(4))
+    requeue_all(ledger, range(2))
+    requeue_all(ledger, range(2, 4), delay=30)  # their earlier send may still land at 115 in the next 30 s
+    sub = make_submitter(ledger, client, tmp_path, clock)
+    sub.drain(wait_window=False)
+    client.add_task_urls([magnet(2)])  # ... and one of them does
+    clock.now += 31
+    sub.drain(wait_window=False)
+    assert task_list_reads(sandbox) == 2
+    assert ledger.counts()["submitted"] == 4 and set(sandbox.stats()["accepted"].values()) == {1}
+    assert [c["url_count"] for c in add_calls(sandbox)] == [2, 1, 1]  # link 2 was found, not sent again
+
+
 def test_start_up_settles_links_left_submitting_before_sending_anything(ledger, client, sandbox, tmp_path, clock):
     queue(ledger, range(4))
     batch = ledger.claim_batch("0", 4)  # a crash after claiming ...
