@@ -95,6 +95,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _PRUNE_CHUNK = 500
+_MATCH_CHUNK = 500  # values per query of matching()
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 
 
@@ -673,11 +674,14 @@ class Ledger:
         found: dict[int, Entry] = {}
         with self._read() as db:
             for column, values in (("info_hash", wanted_hashes), ("key", wanted_hashes), ("url", wanted_urls)):
-                for start in range(0, len(values), 500):
-                    chunk = values[start:start + 500]
-                    marks = ",".join("?" * len(chunk))
-                    rows = db.execute(f"SELECT links.id, {_ENTRY_COLUMNS} FROM links WHERE status = ? AND "
-                                      f"{column} IN ({marks})", [status, *chunk]).fetchall()
+                sql = (f"SELECT links.id, {_ENTRY_COLUMNS} FROM links WHERE status = ? AND "
+                       f"{column} IN ({','.join('?' * _MATCH_CHUNK)})")
+                for start in range(0, len(values), _MATCH_CHUNK):
+                    chunk: list[object] = list(values[start:start + _MATCH_CHUNK])
+                    # padded with NULLs (which match nothing) so that the SQL is always the same: sqlite3 keeps
+                    # every distinct statement it prepared, and one per chunk length grew the daemon by MiBs a month
+                    chunk += [None] * (_MATCH_CHUNK - len(chunk))
+                    rows = db.execute(sql, [status, *chunk]).fetchall()
                     for row in rows:
                         found.setdefault(row[0], Entry(*row[1:]))
         return [found[i] for i in sorted(found, reverse=True)]

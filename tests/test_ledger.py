@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import multiprocessing
 import os
@@ -987,6 +989,18 @@ def test_matching_finds_submitted_links_by_hash_key_or_url_without_reading_the_r
     assert sorted(e.key for e in found) == sorted([f"{1:040x}", f"{2:040x}", batch.entries[2].key])  # 5 not submitted
     assert ledger.matching([]) == []
 
+
+
+def test_matching_lists_of_every_length_cost_sqlite_no_memory_that_stays(ledger: Ledger) -> None:
+    """The reconciler and cleanup match task lists of every length, for months; sqlite3 keeps each distinct
+    statement it prepared (128 of them), so SQL that changed with the list's length held MiBs for good."""
+    sqlite = ctypes.CDLL(ctypes.util.find_library("sqlite3"))  # the library sqlite3 loaded: one process-wide count
+    sqlite.sqlite3_memory_used.restype = ctypes.c_int64
+    ledger.matching(["a" * 40], ["magnet:?xt=urn:btih:" + "a" * 40])
+    before = sqlite.sqlite3_memory_used()
+    for n in range(1, 300):
+        ledger.matching([f"{i:040x}" for i in range(n)], [f"magnet:?xt=urn:btih:{i:040x}" for i in range(n)])
+    assert sqlite.sqlite3_memory_used() - before < 1024 * 1024  # 9.6 MiB before the fix
 
 def test_entries_can_leave_out_gone_tasks_and_old_submissions(ledger: Ledger, clock: Clock) -> None:
     ledger.record([candidate(1), candidate(2)])
