@@ -30,7 +30,7 @@ def test_a_drop_goes_to_the_first_free_name_with_its_explanation_beside_it(tmp_p
     (tmp_path / ".failed").mkdir()
     (tmp_path / ".failed" / "x").write_text("earlier")
     (tmp_path / ".failed" / "x.1.error").write_text("an orphaned explanation")
-    moved = move_aside(tmp_path / "x", tmp_path, (".failed",), names("x"), "line 1: not a link")
+    moved = move_aside(tmp_path / "x", tmp_path, (), ".failed", names("x"), "line 1: not a link")
     assert moved == tmp_path / ".failed" / "x.2"
     assert moved.read_text() == "new" and (tmp_path / ".failed" / "x.2.error").read_text() == "line 1: not a link"
     assert (tmp_path / ".failed" / "x").read_text() == "earlier" and not (tmp_path / ".failed" / "x.1").exists()
@@ -39,7 +39,7 @@ def test_a_drop_goes_to_the_first_free_name_with_its_explanation_beside_it(tmp_p
 def test_the_bucket_keeps_the_subfolder_layout_and_is_made_where_missing(tmp_path: Path) -> None:
     (tmp_path / "tv" / "anime").mkdir(parents=True)
     (tmp_path / "tv" / "anime" / "x").write_text("x")
-    moved = move_aside(tmp_path / "tv" / "anime" / "x", tmp_path, (".done", "tv", "anime"), names("x"))
+    moved = move_aside(tmp_path / "tv" / "anime" / "x", tmp_path, ("tv", "anime"), ".done", names("x"))
     assert moved == tmp_path / ".done" / "tv" / "anime" / "x" and moved.read_text() == "x"
 
 
@@ -49,7 +49,7 @@ def test_when_every_name_is_taken_the_drop_stays_where_it_is(tmp_path: Path) -> 
     for name in names("x"):
         (tmp_path / ".done" / name).write_text("taken")
     with pytest.raises(OSError, match="no free name for x"):
-        move_aside(tmp_path / "x", tmp_path, (".done",), names("x"))
+        move_aside(tmp_path / "x", tmp_path, (), ".done", names("x"))
     assert (tmp_path / "x").read_text() == "x"
 
 
@@ -72,5 +72,5 @@ def test_a_drop_under_a_symlinked_subfolder_is_not_moved_through_it(tmp_path: Pa
     (tmp_path / "real" / "x").write_text("x")
     (tmp_path / "sub").symlink_to(tmp_path / "real", target_is_directory=True)
     with pytest.raises(OSError, match="sub is a symlink or not a folder"):
-        move_aside(tmp_path / "sub" / "x", tmp_path, (".done", "sub"), names("x"))
+        move_aside(tmp_path / "sub" / "x", tmp_path, ("sub",), ".done", names("x"))
     assert (tmp_path / "real" / "x").exists()

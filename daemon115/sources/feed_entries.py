@@ -1,6 +1,6 @@
 """A feed's bytes -> its entries (pure): safe parsing, encodings, links, hashes, sizes.
 
-Decisions (each is pinned by a test in tests/test_feeds.py):
+Decisions (each is pinned by a test in tests/test_feed_entries.py or tests/test_feeds.py):
 
 - Safety before feedparser: a document whose DOCTYPE comes with entity declarations is refused (billion laughs,
   external entities), like defusedxml's default; feedparser never gets bytes it could mistake for a file name.
@@ -20,7 +20,6 @@ Decisions (each is pinned by a test in tests/test_feeds.py):
   of the .torrent file itself (Doki, MoreThanTV, EZTV), not of the download, and is ignored (Sonarr does the same).
   Description text uses binary units whatever it says (trackers write ``839.71 MB`` for 880,496,711 bytes).
 """
-
 
 from __future__ import annotations
 
@@ -44,9 +43,6 @@ from feedparser.datetimes import _parse_date
 
 from daemon115.links import Link, LinkError, btih_to_hex, is_info_hash, parse_magnet
 from daemon115.rules import FeedEntry, format_size
-
-__all__ = ["FeedError", "FeedHealth", "FeedPoller", "ParsedFeed", "PollResult", "parse_feed", "read_feed",
-           "rss_test_rows"]
 
 __all__ = ["MAX_DIGITS", "NO_HEADERS", "FeedError", "ParsedFeed", "header_value", "is_http", "parse_feed", "read_feed"]
 
@@ -75,14 +71,12 @@ _FIELDS: Mapping[str, str] = MappingProxyType({  # local element name -> the fie
     "size": "size", "seeds": "seeders", "seeders": "seeders"})
 
 
-
 class FeedError(Exception):
     """This feed could not be read this time; the message says why and never contains its URL or secrets."""
 
     def __init__(self, message: str, *, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
-
 
 
 # ================================================================ parsing (pure)

@@ -22,18 +22,19 @@ _RENAME_NOREPLACE = 1
 _DIRECTORY_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def move_aside(source: Path, root: Path, parts: tuple[str, ...], names: Iterable[str],
+def move_aside(source: Path, root: Path, subfolder: tuple[str, ...], bucket: str, names: Iterable[str],
                error: str | None = None) -> Path:
-    """Move ``source`` into ``root/parts...`` (made where missing) under the first free name of ``names``.
+    """Move ``source`` (in ``root/subfolder...``) into ``root/bucket/subfolder...`` (made where missing) under the
+    first free name of ``names``.
 
     With ``error``, NAME.error is written first: a crash between the two leaves the drop in place (read again
     later), never a file in .failed/ without its reason. A move cut short after its hard link (both names on one
     inode) is finished rather than filed a second time.
     """
-    directory = root.joinpath(*parts)
+    directory = root.joinpath(bucket, *subfolder)
     with ExitStack() as stack:
-        here = stack.enter_context(opened_directory(root, _parts_between(root, source.parent)))
-        there = stack.enter_context(opened_directory(root, parts, make=True))
+        here = stack.enter_context(opened_directory(root, subfolder))
+        there = stack.enter_context(opened_directory(root, (bucket, *subfolder), make=True))
         for name in names:
             if _same_file(here, source.name, there, name):
                 os.unlink(source.name, dir_fd=here)
@@ -110,14 +111,6 @@ def move_no_replace(source: str | Path, destination: str | Path, *, src_dir_fd: 
         os.unlink(destination, dir_fd=dst_dir_fd)
         raise OSError(errno.EAGAIN, "the file was replaced while it was being moved", str(source))
     os.unlink(source, dir_fd=src_dir_fd)
-
-
-def _parts_between(root: Path, directory: Path) -> tuple[str, ...]:
-    relative = os.path.relpath(directory, root)
-    parts = () if relative == "." else Path(relative).parts
-    if parts[:1] == ("..",):
-        raise ValueError(f"{directory} is not inside {root}")
-    return tuple(parts)
 
 
 def _lstat(dir_fd: int | None, name: str | Path) -> os.stat_result | None:

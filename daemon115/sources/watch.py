@@ -567,7 +567,7 @@ def _report(outcome: DropOutcome, log: Any) -> DropOutcome:
 def move_aside(path: Path, folder: WatchFolder, bucket: str, error: str | None = None) -> Path:
     """Move a drop to ``bucket/<its subfolder>/`` under a free name (" (1)", " (2)"...), with NAME.error."""
     names = (numbered(path.name, number) for number in range(100_000))
-    return moves.move_aside(path, Path(folder.path), (bucket, *subfolder_of(folder, path)), names, error)
+    return moves.move_aside(path, Path(folder.path), subfolder_of(folder, path), bucket, names, error)
 
 
 def numbered(name: str, number: int) -> str:
